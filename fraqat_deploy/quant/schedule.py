@@ -12,7 +12,10 @@ from dataclasses import dataclass
 
 from fraqat_deploy.quant.grid import check_bits
 
-FORM = "a name (fractional, integer, simple, ptq), 'constant:<bits>', or '<bits>:<duration>,...' like '8:1,6:1,5.5:2,4:4'"
+FORM = (
+    "a name (fractional, integer, simple, ptq), 'constant:<bits>', "
+    "or '<bits>:<duration>,...' like '8:1,6:1,5.5:2,4:4'"
+)
 
 
 class ScheduleError(ValueError):
@@ -51,7 +54,9 @@ class BitSchedule:
             return [0]
         n = len(self.stages)
         if total_steps < n:
-            raise ScheduleError(f"schedule '{self.name}' has {n} stages: it needs at least {n} steps, not {total_steps}")
+            raise ScheduleError(
+                f"schedule '{self.name}' has {n} stages: it needs at least {n} steps, not {total_steps}"
+            )
         exact = [total_steps * s.duration / self.total_duration for s in self.stages]
         steps = [math.floor(x) for x in exact]
         order = sorted(range(n), key=lambda i: (-(exact[i] - steps[i]), i))
@@ -66,7 +71,7 @@ class BitSchedule:
     def boundaries(self, total_steps: int) -> list[tuple[int, int, float]]:
         """(first step, end step, bits) of every stage."""
         out, start = [], 0
-        for stage, k in zip(self.stages, self.steps_per_stage(total_steps)):
+        for stage, k in zip(self.stages, self.steps_per_stage(total_steps), strict=True):
             out.append((start, start + k, stage.bits))
             start += k
         return out
@@ -92,11 +97,15 @@ BUILTIN: dict[str, BitSchedule] = {
         description="FraQAT, the paper's Table 4 (the default)",
     ),
     "integer": BitSchedule(
-        "integer", _stages([(8, 2), (7, 2), (6, 2), (5, 5), (4, 14)]), description="integer steps only (paper's ablation)"
+        "integer",
+        _stages([(8, 2), (7, 2), (6, 2), (5, 5), (4, 14)]),
+        description="integer steps only (paper's ablation)",
     ),
     "simple": BitSchedule("simple", _stages([(16, 3), (8, 8), (4, 14)]), description="16 -> 8 -> 4 (paper's ablation)"),
     "vqat": BitSchedule("constant:4", _stages([(4, PAPER_EPOCHS)]), description="vQAT: plain QAT at 4 bits"),
-    "ptq": BitSchedule("ptq", _stages([(4, 0)]), trains=False, description="calibrate and round to 4 bits, no training"),
+    "ptq": BitSchedule(
+        "ptq", _stages([(4, 0)]), trains=False, description="calibrate and round to 4 bits, no training"
+    ),
 }
 
 _NUMBER = r"\d+(?:\.\d+)?"
@@ -118,7 +127,8 @@ def parse_schedule(text: str) -> BitSchedule:
         return BUILTIN[key]
     if key.startswith("constant:"):
         bits = _bits(key.split(":", 1)[1], spec)
-        return BitSchedule(f"constant:{bits:g}", (Stage(bits, PAPER_EPOCHS),), description=f"plain QAT at {bits:g} bits")
+        stages = (Stage(bits, PAPER_EPOCHS),)
+        return BitSchedule(f"constant:{bits:g}", stages, description=f"plain QAT at {bits:g} bits")
     pairs = []
     for part in spec.split(","):
         m = _PAIR.match(part)

@@ -1,0 +1,262 @@
+"""Gemma-2 causal LM: the whole ``Gemma2ForCausalLM`` is the student; distilled on fixed-length text rows."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import sysconfig
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoTokenizer, Gemma2Config, Gemma2ForCausalLM
+
+from fraqat_deploy.errors import ConfigError, InputError
+from fraqat_deploy.models.base import (
+    DistillData,
+    LoadedModel,
+    ModelAdapter,
+    check_row_counts,
+    check_spec,
+    read_settings,
+    register_model,
+    resolve_source,
+    split_rows,
+    write_settings,
+)
+from fraqat_deploy.models.tokenizers import BOS_ID, EOS_ID, PAD_ID, build_byte_tokenizer
+
+HUB_EXAMPLE = "google/gemma-2-2b-it"
+TEXT_SUFFIXES = (".txt", ".jsonl")
+
+TINY_CONFIG: dict[str, Any] = {
+    "model": {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "head_dim": 16,
+        "query_pre_attn_scalar": 16,
+        "max_position_embeddings": 256,
+    },
+    "seq_len": 64,
+}
+PRETRAINED_SEQ_LEN = 512
+
+# The default offline corpus: the standard library's own source, minus tests and installed packages.
+_SKIP_DIRS = frozenset(
+    {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__", "encodings", "pydoc_data"}
+)
+#: per-file cap, so one huge module cannot dominate the rows
+STDLIB_FILE_CHARS = 8_000
+#: files read at least, so even a few rows come from many modules
+STDLIB_MIN_FILES = 32
+#: rows to draw from, as a multiple of the rows asked for, so the seeded choice still spreads over files
+POOL_FACTOR = 4
+
+
+def stdlib_source_files() -> list[Path]:
+    """The stdlib's .py files (no tests, installed packages or data tables), in a fixed order that
+    interleaves packages: sorted by a hash of the path relative to the stdlib root."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    files: list[Path] = []
+    for folder, subfolders, names in os.walk(root):
+        # pruned in place so os.walk never descends into site-packages (often far bigger than the stdlib)
+        subfolders[:] = sorted(d for d in subfolders if d not in _SKIP_DIRS)
+        files.extend(Path(folder, name) for name in names if name.endswith(".py"))
+    return sorted(files, key=lambda p: hashlib.sha1(p.relative_to(root).as_posix().encode()).hexdigest())
+
+
+@register_model("gemma")
+class GemmaAdapter(ModelAdapter):
+    quant_targets = ("linear",)
+    default_loss = "mse"
+    ff_patterns = ("*.mlp.*",)
+    attn_patterns = ("*.self_attn.*",)
+    block_patterns = ("model.layers.*",)
+    last_layer_patterns = ("lm_head",)
+
+    # -- loading -------------------------------------------------------------------------------------------
+
+    def load(self, source: str | None, *, tiny: bool = False, seed: int = 0) -> LoadedModel:
+        if tiny:
+            if source is not None:
+                raise ConfigError(
+                    f"a tiny model is built from scratch, but a source was given ('{source}')",
+                    "drop the source to build the tiny model, or drop --tiny to load the source",
+                )
+            return self._build_tiny(copy.deepcopy(TINY_CONFIG), seed)
+        if not source:
+            raise InputError(
+                "no Gemma-2 model given",
+                f"pass a Gemma-2 model folder or hub id (e.g. {HUB_EXAMPLE}), or ask for the tiny model",
+            )
+        return self._load_pretrained(source)
+
+    def load_from_spec(self, spec: dict[str, Any]) -> LoadedModel:
+        if check_spec(spec, self.name) == "tiny":
+            return self._build_tiny(copy.deepcopy(spec["config"]), int(spec["seed"]))
+        return self._load_pretrained(str(spec["source"]))
+
+    def _build_tiny(self, config: dict[str, Any], seed: int) -> LoadedModel:
+        tokenizer = build_byte_tokenizer()
+        model_config = Gemma2Config(
+            vocab_size=len(tokenizer),
+            pad_token_id=PAD_ID,
+            eos_token_id=EOS_ID,
+            bos_token_id=BOS_ID,
+            attn_implementation="eager",
+            **config["model"],
+        )
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = Gemma2ForCausalLM(model_config)
+        spec = {"adapter": self.name, "kind": "tiny", "seed": seed, "config": config}
+        parts = {"tokenizer": tokenizer, "seq_len": int(config["seq_len"])}
+        return LoadedModel(self.name, model.eval(), parts, spec)
+
+    def _load_pretrained(self, source: str) -> LoadedModel:
+        where, local = resolve_source(source, HUB_EXAMPLE)
+        if local:
+            _check_gemma2_folder(Path(where), source)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(where)
+            model = Gemma2ForCausalLM.from_pretrained(where, dtype=torch.float32, attn_implementation="eager")
+        except (OSError, ValueError) as err:
+            where_hint = "the folder's files" if local else "the hub id, your network and HF token"
+            raise InputError(
+                f"could not load a Gemma-2 model from '{source}': {err}",
+                f"check {where_hint}, or download the model and pass its local folder",
+            ) from err
+        seq_len = min(PRETRAINED_SEQ_LEN, int(model.config.max_position_embeddings))
+        seq_len = int(read_settings(where, local, self.name).get("seq_len", seq_len))
+        spec = {"adapter": self.name, "kind": "pretrained", "source": where}
+        parts = {"tokenizer": tokenizer, "seq_len": seq_len}
+        return LoadedModel(self.name, model.eval(), parts, spec)
+
+    def save_pretrained(self, model: LoadedModel, folder: Path) -> None:
+        """A transformers model folder (model and tokenizer) plus the distillation sequence length."""
+        folder = Path(folder)
+        model.student.save_pretrained(folder)
+        model.parts["tokenizer"].save_pretrained(folder)
+        write_settings(folder, self.name, {"seq_len": model.parts["seq_len"]})
+
+    # -- distillation data ---------------------------------------------------------------------------------
+
+    def distill_data(
+        self, model: LoadedModel, data: Path | None, *, n_train: int, n_val: int, seed: int
+    ) -> DistillData:
+        """Fixed-length token rows of ``data`` (a .txt file, a .jsonl file with a "text" field per line, or a
+        folder of them) or, for None, of the Python standard library's source files."""
+        check_row_counts(n_train, n_val)
+        total, seq_len, tokenizer = n_train + n_val, model.parts["seq_len"], model.parts["tokenizer"]
+        if data is None:
+            rows, n_docs = _stdlib_rows(tokenizer, seq_len, POOL_FACTOR * total)
+            origin = f"{n_docs} Python standard library source files"
+            if rows.shape[0] < total:
+                raise ConfigError(
+                    f"the standard library gives only {rows.shape[0]} rows of {seq_len} tokens, not {total}",
+                    "ask for fewer rows or pass your own text data",
+                )
+        else:
+            docs = _read_documents(Path(data))
+            rows = _rows(tokenizer, _tokenize(tokenizer, docs), seq_len)
+            origin = f"{len(docs)} documents from {data}"
+            if rows.shape[0] < total:
+                raise InputError(
+                    f"'{data}' gives only {rows.shape[0]} rows of {seq_len} tokens, not {n_train} + {n_val}",
+                    "add more text or ask for fewer rows",
+                )
+        tensors = {"input_ids": rows, "attention_mask": torch.ones_like(rows)}
+        return split_rows(tensors, n_train, n_val, seed, f"{seq_len}-token rows of {origin}")
+
+    # -- forward -------------------------------------------------------------------------------------------
+
+    def forward(self, student: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return student(
+            input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"), use_cache=False
+        ).logits
+
+
+def _check_gemma2_folder(folder: Path, source: str) -> None:
+    fix = f"pass a folder with config.json, tokenizer and weights of a Gemma-2 model (e.g. {HUB_EXAMPLE})"
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise InputError(f"'{source}' is not a transformers model folder (no config.json)", fix)
+    try:
+        model_type = json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise InputError(f"cannot read '{config_file}': {err}", fix) from err
+    if model_type != "gemma2":
+        raise InputError(f"'{source}' holds a '{model_type}' model, not Gemma-2", fix)
+
+
+def _rows(tokenizer, docs: list[list[int]], seq_len: int) -> torch.Tensor:
+    """Tokenized documents as one stream, each between <bos> and <eos> as Gemma saw text in training, cut
+    into full rows of ``seq_len`` tokens (the incomplete tail is dropped)."""
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    stream = [token for ids in docs for token in (*bos, *ids, *eos)]
+    n = len(stream) // seq_len
+    return torch.tensor(stream[: n * seq_len], dtype=torch.long).view(n, seq_len)
+
+
+def _tokenize(tokenizer, texts: list[str]) -> list[list[int]]:
+    return tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+
+def _stdlib_rows(tokenizer, seq_len: int, want_rows: int) -> tuple[torch.Tensor, int]:
+    """Rows from stdlib files, read in their fixed order until ``want_rows`` rows (or the files) run out."""
+    docs: list[list[int]] = []
+    tokens = 0
+    for path in stdlib_source_files():
+        text = path.read_text(encoding="utf-8", errors="replace")[:STDLIB_FILE_CHARS]
+        if not text.strip():
+            continue
+        docs.append(_tokenize(tokenizer, [text])[0])
+        tokens += len(docs[-1]) + 2
+        if tokens >= want_rows * seq_len and len(docs) >= STDLIB_MIN_FILES:
+            break
+    return _rows(tokenizer, docs, seq_len), len(docs)
+
+
+def _read_documents(path: Path) -> list[str]:
+    fix = 'pass a .txt file, a .jsonl file with a "text" field per line, or a folder of them'
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES)
+        if not files:
+            raise InputError(f"no .txt or .jsonl files in '{path}'", fix)
+    elif path.is_file():
+        if path.suffix.lower() not in TEXT_SUFFIXES:
+            raise InputError(f"cannot read text data from '{path}' (not .txt or .jsonl)", fix)
+        files = [path]
+    else:
+        raise InputError(f"distillation data '{path}' does not exist", fix)
+    docs = [doc for file in files for doc in _read_text_file(file) if doc.strip()]
+    if not docs:
+        raise InputError(f"no text in '{path}'", fix)
+    return docs
+
+
+def _read_text_file(path: Path) -> list[str]:
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() == ".txt":
+        return [text]
+    docs = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise InputError(f"{path}:{number} is not JSON: {err}", "write one JSON object per line") from err
+        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+            raise InputError(
+                f'{path}:{number} has no string "text" field', 'write each line as {"text": "..."}'
+            )
+        docs.append(record["text"])
+    return docs

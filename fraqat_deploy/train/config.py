@@ -1,0 +1,97 @@
+"""One typed configuration for a FraQAT training run; user strings become typed values here, once."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fraqat_deploy.errors import ConfigError
+from fraqat_deploy.quant import BitSchedule, QuantPolicy, parse_schedule
+
+LOSSES = ("mse", "kl")
+OPTIMIZERS = ("adam", "adamw")
+TRAINABLE = ("all", "blocks", "ff", "attn")
+
+
+@dataclass
+class TrainConfig:
+    model: str
+    out: Path
+    source: str | None = None  # hub id or local path; None with tiny=True
+    tiny: bool = False
+    data: Path | None = None
+    schedule: str = "fractional"
+    steps: int | None = None  # total step budget; None: the schedule's epochs over the data
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 1e-4
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    loss: str | None = None  # None: the adapter's default
+    seed: int = 0
+    n_train: int = 256
+    n_val: int = 64
+    calib_samples: int = 32
+    checkpoint_every: int = 25
+    keep_checkpoints: int = 2
+    eval_every: int = 0  # 0: validate only at stage boundaries
+    trainable: str = "all"
+    granularity: str = "tensor"
+    weight_range: str = "narrow"
+    calibration: str = "meanstd"
+    exclude: tuple[str, ...] = ()
+    last_layer_a16: bool = True
+    resume: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        self.data = Path(self.data) if self.data is not None else None
+        for value, allowed, what in (
+            (self.optimizer, OPTIMIZERS, "optimizer"),
+            (self.trainable, TRAINABLE, "--trainable"),
+        ):
+            if value not in allowed:
+                raise ConfigError(f"unknown {what} '{value}'", f"use one of: {', '.join(allowed)}")
+        if self.loss is not None and self.loss not in LOSSES:
+            raise ConfigError(f"unknown loss '{self.loss}'", f"use one of: {', '.join(LOSSES)}")
+        for name in ("batch_size", "grad_accum", "n_train", "calib_samples", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.steps is not None and self.steps < 1:
+            raise ConfigError("--steps must be at least 1")
+        if not self.tiny and not self.source:
+            raise ConfigError(
+                f"no weights given for '{self.model}'",
+                "pass --source <hub id or local folder>, or --tiny for a smoke run",
+            )
+        _ = self.bit_schedule  # validate now, not at the first step
+
+    @property
+    def bit_schedule(self) -> BitSchedule:
+        try:
+            return parse_schedule(self.schedule)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+
+    def policy(self, targets: tuple[str, ...], last_layer: tuple[str, ...]) -> QuantPolicy:
+        try:
+            return QuantPolicy(
+                targets=targets,
+                exclude=self.exclude,
+                weight_range=self.weight_range,  # type: ignore[arg-type]
+                granularity=self.granularity,  # type: ignore[arg-type]
+                act16=last_layer if self.last_layer_a16 else (),
+                calibration=self.calibration,  # type: ignore[arg-type]
+                start_bits=self.bit_schedule.stages[0].bits,
+            )
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["out"] = str(self.out)
+        d["data"] = str(self.data) if self.data else None
+        d["exclude"] = list(self.exclude)
+        return d

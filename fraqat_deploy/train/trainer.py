@@ -1,0 +1,311 @@
+"""FraQAT training: distil a frozen full-precision teacher into a fractional-bit quantized student.
+
+Layout written under ``<run>/train/``: ``metrics.jsonl`` (one line per step and per validation),
+``quant_state.json``, ``model.safetensors`` (final weights), ``data.safetensors`` (the distillation inputs,
+cached), ``checkpoints/step-N/``. ``--resume`` continues from the newest checkpoint and, on the CPU, ends
+with the same weights as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from fraqat_deploy.errors import ConfigError, InputError
+from fraqat_deploy.models import DistillData, LoadedModel, ModelAdapter, get_adapter
+from fraqat_deploy.quant import (
+    calibrate,
+    load_quant_state,
+    prepare,
+    quant_layers,
+    quant_state,
+    set_trainable,
+    set_weight_bits,
+)
+from fraqat_deploy.runs import RunDir, write_json_atomic
+from fraqat_deploy.train import checkpoint as ckpt
+from fraqat_deploy.train.config import TrainConfig
+from fraqat_deploy.train.distributed import Distributed
+from fraqat_deploy.ui import console, progress
+
+
+@dataclass
+class TrainResult:
+    run: Path
+    steps: int
+    final_bits: float
+    val_loss: float
+    stage_val: list[dict[str, Any]]  # per stage: bits, val loss at its start and end
+
+
+def distill_loss(student_out: torch.Tensor, teacher_out: torch.Tensor, kind: str) -> torch.Tensor:
+    s, t = student_out.float(), teacher_out.float()
+    if kind == "mse":
+        return F.mse_loss(s, t)
+    # KL(teacher || student) per token, over the vocabulary
+    return F.kl_div(F.log_softmax(s, -1), F.log_softmax(t, -1), log_target=True, reduction="none").sum(-1).mean()
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _batches(tensors: dict[str, torch.Tensor], size: int):
+    n = DistillData.rows(tensors)
+    for i in range(0, n, size):
+        yield {k: v[i : i + size] for k, v in tensors.items()}
+
+
+def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, show_progress: bool = True) -> None:
+        self.cfg = config
+        self.dist = Distributed.from_env()
+        self.device = self.dist.device()
+        self.run = RunDir(config.out)
+        self.dir = config.out / "train"
+        self.adapter: ModelAdapter = get_adapter(config.model)
+        self.loss_kind = config.loss or self.adapter.default_loss
+        self.schedule = config.bit_schedule
+        self.show_progress = show_progress and self.dist.is_main
+
+    # ---- setup -------------------------------------------------------------------------------------------
+    def _load_model(self) -> LoadedModel:
+        manifest = self.run.manifest()
+        if self.cfg.resume:
+            spec = manifest.get("model", {}).get("spec")
+            if spec is None:
+                raise InputError(f"{self.run.path} has no model to resume", "start without --resume")
+            return self.adapter.load_from_spec(spec)
+        return self.adapter.load(self.cfg.source, tiny=self.cfg.tiny, seed=self.cfg.seed)
+
+    def _data(self, model: LoadedModel) -> DistillData:
+        cache = self.dir / "data.safetensors"
+        key = json.dumps({"data": str(self.cfg.data), "n_train": self.cfg.n_train, "n_val": self.cfg.n_val,
+                          "seed": self.cfg.seed, "spec": model.spec}, sort_keys=True)
+        if cache.is_file():
+            meta_path = cache.with_suffix(".json")
+            if meta_path.is_file() and meta_path.read_text() == key:
+                t = load_file(str(cache))
+                split = lambda p: {k[len(p):]: v for k, v in t.items() if k.startswith(p)}  # noqa: E731
+                return DistillData(split("train."), split("val."))
+        data = self.adapter.distill_data(model, self.cfg.data, n_train=self.cfg.n_train, n_val=self.cfg.n_val,
+                                         seed=self.cfg.seed)
+        if self.dist.is_main:
+            flat = {f"train.{k}": v.contiguous() for k, v in data.train.items()}
+            flat |= {f"val.{k}": v.contiguous() for k, v in data.val.items()}
+            save_file(flat, str(cache))
+            cache.with_suffix(".json").write_text(key)
+        return data
+
+    def _trainable_patterns(self) -> tuple[str, ...] | None:
+        choice = self.cfg.trainable
+        if choice == "all":
+            return None
+        patterns = {"ff": self.adapter.ff_patterns, "attn": self.adapter.attn_patterns,
+                    "blocks": self.adapter.block_patterns}[choice]
+        if not patterns:
+            raise ConfigError(f"model '{self.adapter.name}' does not define '{choice}' modules", "use --trainable all")
+        return patterns
+
+    # ---- evaluation --------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def validate(self, student: nn.Module, teacher: nn.Module, val: dict[str, torch.Tensor]) -> float:
+        student.eval()
+        total, n = 0.0, 0
+        for batch in _batches(val, self.cfg.batch_size):
+            batch = _to(batch, self.device)
+            with self._autocast():
+                loss = distill_loss(self.adapter.forward(student, batch), self.adapter.forward(teacher, batch),
+                                    self.loss_kind)
+            rows = DistillData.rows(batch)
+            total, n = total + float(loss) * rows, n + rows
+        student.train()
+        return total / max(n, 1)
+
+    def _autocast(self):
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+
+    # ---- the run -----------------------------------------------------------------------------------------
+    def train(self) -> TrainResult:
+        cfg = self.cfg
+        if cfg.out.exists() and (self.dir / "checkpoints").exists() and not cfg.resume:
+            raise InputError(f"{cfg.out} already holds a training run", "pass --resume to continue it, or a new --out")
+        latest = ckpt.list_checkpoints(self.dir / "checkpoints")
+        if cfg.resume and not latest:
+            raise InputError(f"no checkpoint to resume in {self.dir / 'checkpoints'}", "start without --resume")
+        seed_everything(cfg.seed)
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+        model = self._load_model()
+        data = self._data(model)  # before prepare(): Sana samples its trajectories with the FP model
+        teacher = copy.deepcopy(model.student).to(self.device).eval().requires_grad_(False)
+        student = model.student.to(self.device)
+        policy = cfg.policy(self.adapter.quant_targets, self.adapter.last_layer_patterns)
+        try:
+            prepared = prepare(student, policy)
+            n_trainable = set_trainable(student, self._trainable_patterns())
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        n_train = DistillData.rows(data.train)
+        if self.dist.is_main:
+            self.run.update(model={"adapter": self.adapter.name, "spec": model.spec})
+            self.run.update_stage("train", "running", args=cfg.to_dict(), schedule=self.schedule.spec(),
+                                  policy=policy.to_dict(), quantized_layers=len(prepared.layers),
+                                  trainable_parameters=n_trainable)
+
+        steps_per_epoch = max(1, n_train // (cfg.batch_size * cfg.grad_accum))
+        total = cfg.steps or max(len(self.schedule.stages), round(self.schedule.total_duration * steps_per_epoch))
+        if not self.schedule.trains:
+            total = 0
+        bounds = self.schedule.boundaries(total) if total else []
+        params = [p for p in student.parameters() if p.requires_grad]
+        opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+        optimizer = opt_cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        perm, pos, step = torch.randperm(n_train, generator=gen), 0, 0
+        stage_val: list[dict[str, Any]] = []
+
+        metrics_path = self.dir / "metrics.jsonl"
+        if latest and cfg.resume:
+            state = ckpt.load_trainer_state(latest[-1])
+            ckpt.load_weights(student, latest[-1] / "model.safetensors")
+            load_quant_state(student, json.loads((latest[-1] / "quant_state.json").read_text()))
+            optimizer.load_state_dict(state["optimizer"])
+            gen.set_state(state["generator"])
+            perm, pos, step, stage_val = state["perm"], state["pos"], state["step"], state["stage_val"]
+            ckpt.set_rng_state(state["rng"])
+            if state["total"] != total:
+                raise ConfigError(f"the run was started with {state['total']} steps, not {total}",
+                                  "resume with the same --steps, --batch-size and data")
+            self._truncate_metrics(metrics_path, step)
+            if self.dist.is_main:
+                console.print(f"resuming {cfg.out} at step {step}/{total}")
+        else:
+            metrics_path.unlink(missing_ok=True)
+            # calibrate the static activation encodings once, with the student at its first bit-width
+            first_bits = self.schedule.stages[0].bits
+            set_weight_bits(student, first_bits)
+            calib = {k: v[: cfg.calib_samples] for k, v in data.train.items()}
+
+            def run_calibration() -> None:
+                for b in _batches(calib, cfg.batch_size):
+                    self.adapter.forward(student, _to(b, self.device))
+
+            calibrate(student, run_calibration, policy.calibration)
+
+        metrics = open(metrics_path, "a") if self.dist.is_main else None
+        ddp_student = self.dist.wrap(student)
+        t0 = time.time()
+
+        def log(record: dict[str, Any]) -> None:
+            if metrics:
+                metrics.write(json.dumps(record) + "\n")
+                metrics.flush()
+
+        def val_event(when: str, stage_index: int, bits: float) -> float:
+            loss = self.dist.mean(self.validate(student, teacher, data.val))
+            log({"event": "val", "when": when, "step": step, "stage": stage_index, "bits": bits, "val_loss": loss})
+            if when == "stage_start":
+                stage_val.append({"stage": stage_index, "bits": bits, "start": loss})
+            elif when == "stage_end":
+                stage_val[-1]["end"] = loss
+            return loss
+
+        with progress(disable=not self.show_progress) as bar:
+            task = bar.add_task(f"FraQAT {self.schedule.name}", total=total, completed=step, info="")
+            if not self.schedule.trains:  # PTQ: round at the final bits, recalibrate, no step
+                set_weight_bits(student, self.schedule.final_bits)
+                val_event("stage_start", 0, self.schedule.final_bits)
+                val_event("stage_end", 0, self.schedule.final_bits)
+            while step < total:
+                si = next(i for i, (s, e, _) in enumerate(bounds) if s <= step < e)
+                start, end, bits = bounds[si]
+                set_weight_bits(student, bits)
+                if step == start:
+                    val_event("stage_start", si, bits)
+                optimizer.zero_grad(set_to_none=True)
+                step_loss = 0.0
+                for _ in range(cfg.grad_accum):
+                    if pos + cfg.batch_size > n_train:
+                        perm, pos = torch.randperm(n_train, generator=gen), 0
+                    idx = self.dist.shard(perm[pos : pos + cfg.batch_size])
+                    pos += cfg.batch_size
+                    batch = _to({k: v[idx] for k, v in data.train.items()}, self.device)
+                    with self._autocast():
+                        with torch.no_grad():
+                            target = self.adapter.forward(teacher, batch)
+                        loss = distill_loss(self.adapter.forward(ddp_student, batch), target, self.loss_kind)
+                    (loss / cfg.grad_accum).backward()
+                    step_loss += float(loss.detach()) / cfg.grad_accum
+                if not math.isfinite(step_loss):
+                    raise ConfigError(f"the loss became {step_loss} at step {step}", "lower --lr")
+                optimizer.step()
+                step += 1
+                step_loss = self.dist.mean(step_loss)
+                log({"event": "train", "step": step, "stage": si, "bits": bits, "loss": step_loss,
+                     "lr": cfg.lr, "time": round(time.time() - t0, 3)})
+                if cfg.eval_every and step % cfg.eval_every == 0 and step != end:
+                    val_event("periodic", si, bits)
+                if step == end:
+                    val_event("stage_end", si, bits)
+                bar.update(task, completed=step,
+                           info=f"stage {si + 1}/{len(bounds)}  {bits:g} bits  loss {step_loss:.3g}")
+                if self.dist.is_main and (step % cfg.checkpoint_every == 0 or step == total):
+                    ckpt.save_checkpoint(self.dir / "checkpoints", step, student, quant_state(student, policy), {
+                        "optimizer": optimizer.state_dict(), "generator": gen.get_state(), "perm": perm,
+                        "pos": pos, "step": step, "total": total, "stage_val": stage_val,
+                    }, cfg.keep_checkpoints)
+        if metrics:
+            metrics.close()
+
+        final_loss = stage_val[-1]["end"] if stage_val else float("nan")
+        if self.dist.is_main:
+            qs = quant_state(student, policy)
+            write_json_atomic(self.dir / "quant_state.json", qs)
+            ckpt.save_weights(student, self.dir / "model.safetensors")
+            self.run.update_stage("train", "done", steps=total, final_bits=self.schedule.final_bits,
+                                  val_loss=final_loss, stage_val=stage_val, seconds=round(time.time() - t0, 1))
+            self.run.record_outputs("train", [self.dir / "model.safetensors", self.dir / "quant_state.json",
+                                              metrics_path])
+        self.dist.barrier()
+        self.dist.close()
+        assert len(quant_layers(student)) == len(prepared.layers)
+        return TrainResult(self.run.path, total, self.schedule.final_bits, final_loss, stage_val)
+
+    @staticmethod
+    def _truncate_metrics(path: Path, step: int) -> None:
+        """Drop what a killed run logged after its last checkpoint: those steps are trained again."""
+        if not path.is_file():
+            return
+        keep = []
+        for line in path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by the kill
+            restarted = rec["step"] == step and rec.get("when") == "stage_start"  # logged again on resume
+            if rec["step"] < step or (rec["step"] == step and not restarted):
+                keep.append(line)
+        path.write_text("".join(line + "\n" for line in keep))
+
+
+def train(config: TrainConfig, show_progress: bool = True) -> TrainResult:
+    return Trainer(config, show_progress).train()
