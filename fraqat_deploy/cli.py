@@ -118,5 +118,28 @@ def train(
     out.print(f"run: {result.run}  (train/metrics.jsonl, train/quant_state.json, train/model.safetensors)")
 
 
+@app.command()
+@_friendly
+def generate(
+    model: Annotated[str, typer.Argument(help="Model adapter: digits, sana, tiny-gemma, gemma, ...")],
+    prompt: Annotated[list[str], typer.Option(help="Prompt (repeat for several).")],
+    out_file: Annotated[Optional[Path], typer.Option("--out", help="Image file (.png); several prompts: name-N.png.")]
+    = None,
+    run: Annotated[Optional[Path], typer.Option(help="Use this run's trained W4A8 student instead of the FP model.")]
+    = None,
+    source: Annotated[Optional[str], typer.Option(help="Hub id or local folder of the FP model.")] = None,
+    tiny: Annotated[bool, typer.Option(help="The tiny random-initialised config.")] = False,
+    seed: Annotated[int, typer.Option()] = 0,
+    steps: Annotated[Optional[int], typer.Option(help="Sampler steps (default: the model's).")] = None,
+    guidance: Annotated[Optional[float], typer.Option(help="Classifier-free guidance (default: the model's).")] = None,
+) -> None:
+    """Sample the full-precision model, or a trained run's quantized student (--run)."""
+    from fraqat_deploy.generate import generate as run_generate
+
+    for line in run_generate(model, prompt, out=out_file, run=run, source=source, tiny=tiny, seed=seed,
+                             steps=steps, guidance=guidance):
+        out.print(line, soft_wrap=True, markup=False)
+
+
 if __name__ == "__main__":
     app()

@@ -104,9 +104,10 @@ def test_bad_schedule_is_one_line(tmp_path: Path, schedule: str):
     assert not (tmp_path / "bad").exists()
 
 
-def test_config_errors():
-    with pytest.raises(ConfigError, match="--tiny"):
-        TrainConfig(model="sana", out=Path("x"))
+def test_config_errors(tmp_path: Path):
+    with pytest.raises(InputError, match="no Sana model given.*tiny"):  # the adapter says what it needs
+        train(TrainConfig(model="sana", out=tmp_path / "x"), show_progress=False)
+    assert not (tmp_path / "x").exists()
     with pytest.raises(ConfigError, match="adam, adamw"):
         TrainConfig(model="sana", out=Path("x"), tiny=True, optimizer="sgd")
     with pytest.raises(ConfigError, match="unknown model 'flux'"):

@@ -92,6 +92,13 @@ class ModelAdapter(ABC):
     def forward(self, student: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Run the student (or its frozen teacher copy) on a batch; the tensor the loss compares."""
 
+    def generate(self, model: LoadedModel, prompts: list[str], *, seed: int = 0,
+                 student: nn.Module | None = None, **options: Any) -> torch.Tensor | list[str]:
+        """What the model makes of ``prompts``: images [B, 3, H, W] in [0, 1] or texts.
+
+        ``student`` replaces ``model.student`` (a trained, quantized one)."""
+        raise NotImplementedError(f"the '{self.name}' adapter cannot generate")
+
 
 _REGISTRY: dict[str, type[ModelAdapter]] = {}
 

@@ -176,6 +176,27 @@ class GemmaAdapter(ModelAdapter):
 
     # -- forward -------------------------------------------------------------------------------------------
 
+    @torch.no_grad()
+    def generate(self, model: LoadedModel, prompts: list[str], *, seed: int = 0,
+                 student: nn.Module | None = None, max_new_tokens: int = 48, **options: Any) -> list[str]:
+        """Greedy continuation of each prompt (``seed`` is unused: greedy decoding is deterministic)."""
+        lm = student if student is not None else model.student
+        tokenizer = model.parts["tokenizer"]
+        limit = int(getattr(getattr(lm, "config", None), "max_position_embeddings", 1 << 30))
+        texts = []
+        for prompt in prompts:
+            ids = torch.tensor([tokenizer(prompt)["input_ids"]], device=next(lm.parameters()).device)
+            start = ids.shape[1]
+            for _ in range(max_new_tokens):
+                if ids.shape[1] >= limit:
+                    break
+                nxt = lm(input_ids=ids, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)
+                if int(nxt) == EOS_ID:
+                    break
+                ids = torch.cat([ids, nxt], dim=1)
+            texts.append(prompt + tokenizer.decode(ids[0, start:].tolist(), skip_special_tokens=True))
+        return texts
+
     def forward(self, student: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return student(
             input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"), use_cache=False

@@ -33,6 +33,7 @@ from fraqat_deploy.models.sampler import (
     encode_images,
     encode_prompts,
     euler_sample,
+    generate as generate_images,
     sampling_noise,
 )
 from fraqat_deploy.models.tokenizers import BOS_ID, EOS_ID, NUMBER_WORDS, PAD_ID, build_caption_tokenizer
@@ -348,6 +349,10 @@ class SanaAdapter(ModelAdapter):
         return PromptEmbeds(out.embeds.to(device), out.mask.to(device))
 
     # -- forward -------------------------------------------------------------------------------------------
+
+    def generate(self, model: LoadedModel, prompts: list[str], *, seed: int = 0,
+                 student: nn.Module | None = None, **options: Any) -> torch.Tensor:
+        return generate_images(model, prompts, seed=seed, transformer=student, **options)
 
     def forward(self, student: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return student(

@@ -61,11 +61,6 @@ class TrainConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
         if self.steps is not None and self.steps < 1:
             raise ConfigError("--steps must be at least 1")
-        if not self.tiny and not self.source:
-            raise ConfigError(
-                f"no weights given for '{self.model}'",
-                "pass --source <hub id or local folder>, or --tiny for a smoke run",
-            )
         _ = self.bit_schedule  # validate now, not at the first step
 
     @property

@@ -152,9 +152,8 @@ class Trainer:
         if cfg.resume and not latest:
             raise InputError(f"no checkpoint to resume in {self.dir / 'checkpoints'}", "start without --resume")
         seed_everything(cfg.seed)
-        self.dir.mkdir(parents=True, exist_ok=True)
-
         model = self._load_model()
+        self.dir.mkdir(parents=True, exist_ok=True)
         data = self._data(model)  # before prepare(): Sana samples its trajectories with the FP model
         teacher = copy.deepcopy(model.student).to(self.device).eval().requires_grad_(False)
         student = model.student.to(self.device)
@@ -199,7 +198,8 @@ class Trainer:
             if self.dist.is_main:
                 console.print(f"resuming {cfg.out} at step {step}/{total}")
         else:
-            metrics_path.unlink(missing_ok=True)
+            if self.dist.is_main:  # another rank unlinking would orphan the file rank 0 appends to
+                metrics_path.unlink(missing_ok=True)
             # calibrate the static activation encodings once, with the student at its first bit-width
             first_bits = self.schedule.stages[0].bits
             set_weight_bits(student, first_bits)
