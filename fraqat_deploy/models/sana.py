@@ -33,8 +33,10 @@ from fraqat_deploy.models.sampler import (
     encode_images,
     encode_prompts,
     euler_sample,
-    generate as generate_images,
     sampling_noise,
+)
+from fraqat_deploy.models.sampler import (
+    generate as generate_images,
 )
 from fraqat_deploy.models.tokenizers import BOS_ID, EOS_ID, NUMBER_WORDS, PAD_ID, build_caption_tokenizer
 
