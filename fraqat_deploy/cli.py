@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from fraqat_deploy.errors import FraqatError
+from fraqat_deploy.errors import ConfigError, FraqatError
 from fraqat_deploy.ui import console, out
 
 app = typer.Typer(
@@ -139,6 +139,107 @@ def generate(
     for line in run_generate(model, prompt, out=out_file, run=run, source=source, tiny=tiny, seed=seed,
                              steps=steps, guidance=guidance):
         out.print(line, soft_wrap=True, markup=False)
+
+
+@app.command("export")
+@_friendly
+def export_cmd(
+    model: Annotated[str, typer.Argument(help="Model adapter of the run (digits, sana, tiny-gemma, ...).")],
+    run: Annotated[Path, typer.Option(help="The trained run folder.")],
+    component: Annotated[Optional[list[str]], typer.Option(help="Only these components.")] = None,
+) -> None:
+    """Export a trained run to Q/DQ ONNX (opset 21) that reproduces its quantization; checks parity on the CPU."""
+    from fraqat_deploy.export import export_run
+
+    manifest = export_run(run, model, components=component)
+    table = Table(title=f"export of {run}")
+    for col in ("component", "trained layers", "rule layers", "parity (mean / max, 8-bit steps)", ""):
+        table.add_column(col)
+    for name, rec in manifest["components"].items():
+        for out_name, m in rec["parity"].items():
+            table.add_row(f"{name}:{out_name}", str(rec["qdq"]["trained_layers"]), str(rec["qdq"]["rule_layers"]),
+                          f"{m['mean_steps']:.3f} / {m['max_steps']:.3f}", "ok" if m["passed"] else "FAIL")
+    out.print(table)
+    out.print(f"written: {run / 'export'}  (export.json, parity.json, <component>.onnx)")
+
+
+def _ptq_run(model: str, source: Optional[str], tiny: bool, out_dir: Path) -> Path:
+    """A run straight from the full-precision model: calibrate and round (the ``ptq`` schedule), then export."""
+    from fraqat_deploy.export import export_run
+    from fraqat_deploy.train import TrainConfig
+    from fraqat_deploy.train import train as run_training
+
+    if not (out_dir / "train" / "model.safetensors").is_file():
+        run_training(TrainConfig(model=model, out=out_dir, source=source, tiny=tiny, schedule="ptq", n_train=64,
+                                 n_val=16, calib_samples=32), show_progress=False)
+    if not (out_dir / "export" / "export.json").is_file():
+        export_run(out_dir, model)
+    return out_dir
+
+
+@app.command("compile")
+@_friendly
+def compile_cmd(
+    model: Annotated[str, typer.Argument(help="Model adapter (digits, sana, tiny-gemma, ...).")],
+    device: Annotated[str, typer.Option(help="Target alias (s25u, s24u, s23u) or phone name.")] = "s25u",
+    run: Annotated[Optional[Path], typer.Option(help="An exported run. Without it: PTQ of the FP model into --out.")]
+    = None,
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Run folder for the PTQ path.")] = None,
+    source: Annotated[Optional[str], typer.Option(help="FP model for the PTQ path.")] = None,
+    tiny: Annotated[bool, typer.Option(help="Tiny config for the PTQ path.")] = False,
+    component: Annotated[Optional[list[str]], typer.Option(help="Only these components.")] = None,
+    allow_cpu_fallback: Annotated[bool, typer.Option(help="Let operators the HTP cannot run stay on the CPU.")] = False,
+    force: Annotated[bool, typer.Option(help="Recompile even if the cache matches.")] = False,
+) -> None:
+    """Compile exported components for the target's HTP (local onnxruntime-qnn), with HTP parity on the simulator."""
+    from fraqat_deploy.compile.run import compile_run
+    from fraqat_deploy.targets import get_target
+
+    get_target(device)  # an unknown target fails before any work
+    if run is None:
+        if out_dir is None:
+            raise ConfigError("give --run <exported run>, or --out <folder> to quantize the FP model (PTQ) first")
+        run = _ptq_run(model, source, tiny, out_dir)
+    result = compile_run(run, device, allow_cpu_fallback=allow_cpu_fallback, components=component, force=force)
+    table = Table(title=f"compiled for {result['target']} (local QNN HTP compiler; parity on the host HTP simulator)")
+    for col in ("component", "HTP ops", "CPU ops", "context bytes", "bytes/weight", "HTP vs CPU Q/DQ", "", "cached"):
+        table.add_column(col)
+    for name, rec in result["records"].items():
+        cov, par = rec["coverage"], result["parity"][name]
+        rel = max((o["rel"] for o in par["outputs"].values()), default=0.0)
+        table.add_row(name, f"{cov['htp']} ({cov['htp_fraction']:.0%})",
+                      f"{cov['cpu_boundary']} boundary + {cov['cpu_fallback']} fallback",
+                      f"{rec['context_binary_bytes']:,}", f"{rec['weights']['bytes_per_weight']:.3f}",
+                      f"{rel:.2%} rel", "ok" if par["passed"] else "OVER TOLERANCE", "yes" if rec["cached"] else "no")
+    out.print(table)
+    if result["failed"]:
+        console.print(f"[yellow]warning:[/] HTP parity over tolerance for {', '.join(result['failed'])}: see "
+                      f"{result['out'] / 'htp_parity.json'}; `fraqat-deploy debug-htp` finds where it departs")
+    out.print(f"written: {result['out']}  (compile.json, htp_parity.json, <component>_ctx.onnx + .bin)")
+
+
+@app.command("debug-htp")
+@_friendly
+def debug_htp(
+    run: Annotated[Path, typer.Option(help="An exported run.")],
+    component: Annotated[str, typer.Option(help="The component to examine.")],
+    device: Annotated[str, typer.Option(help="Target alias.")] = "s25u",
+    rel_tol: Annotated[float, typer.Option(help="Relative error that counts as a departure.")] = 0.02,
+) -> None:
+    """Find the first tensor where the simulated HTP departs from the CPU Q/DQ run, and its operators."""
+    from fraqat_deploy.compile import first_divergence, format_divergence
+    from fraqat_deploy.compile.run import read_export
+    from fraqat_deploy.export import load_inputs
+    from fraqat_deploy.targets import get_target
+
+    info = read_export(run)["components"].get(component)
+    if info is None:
+        raise ConfigError(f"no exported component '{component}' in {run}",
+                          f"use: {', '.join(read_export(run)['components'])}")
+    result = first_divergence(run / "export" / info["onnx"], load_inputs(run / "export" / info["inputs"]),
+                              get_target(device), rel_tol=rel_tol)
+    for line in format_divergence(result):
+        out.print(line, markup=False, soft_wrap=True)
 
 
 if __name__ == "__main__":

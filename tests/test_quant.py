@@ -204,8 +204,11 @@ def test_quantized_forward_equals_manual_w4a8():
     assert enc is not None and enc.bits == 8 and model.proj_out.act_encoding.bits == 16
     q, scale, _ = quantize_weight(layer.weight, 4)
     assert q.abs().max() <= 8
-    expected = nn.functional.linear(fake_quant_activation(x, enc), q * scale, layer.bias)
+    out_enc = layer.out_encoding
+    assert out_enc is not None and out_enc.bits == 8 and model.proj_out.out_encoding.bits == 16
+    expected = fake_quant_activation(nn.functional.linear(fake_quant_activation(x, enc), q * scale, layer.bias), out_enc)
     assert torch.equal(layer(x), expected)
+    assert len(torch.unique(layer(x))) <= 256  # the output is on an 8-bit grid too: A8 throughout
 
 
 def test_set_trainable_selective():

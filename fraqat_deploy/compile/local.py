@@ -276,7 +276,10 @@ def compile_onnx(
 
         ctx_model = onnx.load(str(tmp / ctx_name), load_external_data=False)
         in_nodes = {n.name: n for n in model.graph.node}
-        boundary_names = boundary_node_names(model) if offload_io_quantization else set()
+        # by name in the input graph, or by place in the result: the layout transformation (NCHW -> NHWC) can
+        # rebuild the output DequantizeLinear under a generated name
+        boundary_names = boundary_node_names(model) | boundary_node_names(ctx_model) if offload_io_quantization \
+            else set()
         boundary: list[dict[str, str]] = []
         fallback: list[dict[str, str]] = []
         for node in ctx_model.graph.node:
@@ -340,7 +343,7 @@ def compile_onnx(
             "cpu_boundary": len(boundary),
             "cpu_fallback": len(fallback),
             # Share of the nodes that could be on the HTP (all but the boundary) that are.
-            "htp_fraction": htp / (total - len(boundary)) if total > len(boundary) else 1.0,
+            "htp_fraction": min(1.0, htp / (total - len(boundary))) if total > len(boundary) else 1.0,
             "ep_context_partitions": len(ep_nodes),
             "htp_op_types": dict(sorted(htp_ops.items())),
             "cpu_op_types": dict(sorted(cpu_ops.items())),

@@ -49,6 +49,27 @@ class DistillData:
         return next(iter(tensors.values())).shape[0]
 
 
+@dataclass
+class Component:
+    """One graph of a model as it runs on the device: static shapes, named inputs and outputs.
+
+    ``module(*inputs)`` returns one tensor or a tuple, in ``output_names`` order. ``calibration`` holds input
+    tuples (the first is the sample) that export uses for encodings the training did not set.
+    ``holds_student`` marks the component built around the trained, quantized student.
+    """
+
+    name: str
+    module: nn.Module
+    input_names: list[str]
+    output_names: list[str]
+    calibration: list[tuple[torch.Tensor, ...]]
+    holds_student: bool = False
+
+    @property
+    def sample(self) -> tuple[torch.Tensor, ...]:
+        return self.calibration[0]
+
+
 class ModelAdapter(ABC):
     """How to load one model family, what to quantize in it and how to feed it."""
 
@@ -91,6 +112,12 @@ class ModelAdapter(ABC):
     @abstractmethod
     def forward(self, student: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Run the student (or its frozen teacher copy) on a batch; the tensor the loss compares."""
+
+    def components(self, model: LoadedModel, student: nn.Module | None = None, *, n_calibration: int = 8,
+                   seed: int = 0) -> list[Component]:
+        """The graphs deployed to the device, with ``student`` (default: ``model.student``) in place."""
+        raise ConfigError(f"the '{self.name}' model cannot be exported yet",
+                          "export is implemented for the Sana family (sana, digits)")
 
     def generate(self, model: LoadedModel, prompts: list[str], *, seed: int = 0,
                  student: nn.Module | None = None, **options: Any) -> torch.Tensor | list[str]:

@@ -15,6 +15,7 @@ from transformers import AutoTokenizer, Gemma2Config, Gemma2Model
 
 from fraqat_deploy.errors import ConfigError, InputError
 from fraqat_deploy.models.base import (
+    Component,
     DistillData,
     LoadedModel,
     ModelAdapter,
@@ -38,6 +39,7 @@ from fraqat_deploy.models.sampler import (
 from fraqat_deploy.models.sampler import (
     generate as generate_images,
 )
+from fraqat_deploy.models.sana_graphs import sana_components
 from fraqat_deploy.models.tokenizers import BOS_ID, EOS_ID, NUMBER_WORDS, PAD_ID, build_caption_tokenizer
 
 HUB_EXAMPLE = "Efficient-Large-Model/Sana_600M_1024px_diffusers"
@@ -351,6 +353,11 @@ class SanaAdapter(ModelAdapter):
         return PromptEmbeds(out.embeds.to(device), out.mask.to(device))
 
     # -- forward -------------------------------------------------------------------------------------------
+
+    def components(self, model: LoadedModel, student: nn.Module | None = None, *, n_calibration: int = 8,
+                   seed: int = 0) -> list[Component]:
+        return sana_components(model, student if student is not None else model.student, list(DEFAULT_PROMPTS),
+                               n_calibration=n_calibration, seed=seed)
 
     def generate(self, model: LoadedModel, prompts: list[str], *, seed: int = 0,
                  student: nn.Module | None = None, **options: Any) -> torch.Tensor:

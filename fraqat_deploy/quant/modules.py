@@ -16,7 +16,7 @@ from torch import nn
 from fraqat_deploy.quant.activation import ActivationEncoding, RangeObserver, fake_quant_activation
 from fraqat_deploy.quant.grid import Granularity, Range, check_bits, fake_quant_weight, quantize_weight
 
-Mode = Literal["fp", "observe", "quant", "frozen"]
+Mode = Literal["fp", "observe", "quant", "frozen", "export"]
 
 
 class QuantMixin:
@@ -27,7 +27,8 @@ class QuantMixin:
     weight_range: Range
     granularity: Granularity
     act_bits: int
-    act_encoding: ActivationEncoding | None
+    act_encoding: ActivationEncoding | None  # the input's
+    out_encoding: ActivationEncoding | None  # the output's: activations are quantized throughout (W4A8)
     mode: Mode
 
     def _init_quant(self, weight_bits: float, weight_range: Range, granularity: Granularity, act_bits: int) -> None:
@@ -36,7 +37,9 @@ class QuantMixin:
         self.granularity = granularity
         self.act_bits = act_bits
         self.act_encoding = None
+        self.out_encoding = None
         self.observer = RangeObserver()
+        self.out_observer = RangeObserver()
         self.mode = "quant"
         self.frozen: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
@@ -49,12 +52,20 @@ class QuantMixin:
         if self.mode == "observe":
             self.observer.observe(x)
             return x
-        if self.mode == "fp" or self.act_encoding is None:
+        if self.mode in ("fp", "export") or self.act_encoding is None:
             return x
         return fake_quant_activation(x, self.act_encoding)
 
+    def quantized_output(self, y: torch.Tensor) -> torch.Tensor:
+        if self.mode == "observe":
+            self.out_observer.observe(y)
+            return y
+        if self.mode in ("fp", "export") or self.out_encoding is None:
+            return y
+        return fake_quant_activation(y, self.out_encoding)
+
     def quantized_weight(self) -> torch.Tensor:
-        if self.mode == "fp":
+        if self.mode in ("fp", "export"):  # "export": the weight already holds W_b, see export_form()
             return self.weight
         if self.frozen is not None:
             q, scale, offset = self.frozen
@@ -77,6 +88,16 @@ class QuantMixin:
         self.mode = "frozen"
 
 
+    def export_form(self) -> None:
+        """Plain float ops for ONNX export: the weight becomes ``W_b`` and inputs pass through unquantized
+        (export inserts the Q/DQ nodes with the same encodings)."""
+        if self.frozen is None:
+            self.freeze()
+        q, scale, offset = self.frozen  # type: ignore[misc]
+        self.weight = nn.Parameter((q * scale + offset).to(self.weight.dtype), requires_grad=False)
+        self.mode = "export"
+
+
 class QuantLinear(nn.Linear, QuantMixin):
     @classmethod
     def from_float(
@@ -89,7 +110,10 @@ class QuantLinear(nn.Linear, QuantMixin):
         return q
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(self.quantized_input(x), self.quantized_weight(), self.bias)
+        if self.mode == "export":  # a 2-D Gemm, so that the bias is inside the op whose output is quantized
+            y = F.linear(x.reshape(-1, self.in_features), self.weight, self.bias)
+            return y.reshape(*x.shape[:-1], self.out_features)
+        return self.quantized_output(F.linear(self.quantized_input(x), self.quantized_weight(), self.bias))
 
 
 class QuantConv2d(nn.Conv2d, QuantMixin):
@@ -115,7 +139,7 @@ class QuantConv2d(nn.Conv2d, QuantMixin):
         return q
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(self.quantized_input(x), self.quantized_weight(), self.bias)
+        return self.quantized_output(self._conv_forward(self.quantized_input(x), self.quantized_weight(), self.bias))
 
 
 QUANT_LAYERS: tuple[type, ...] = (QuantLinear, QuantConv2d)

@@ -137,7 +137,8 @@ def set_trainable(model: nn.Module, patterns: Iterable[str] | None) -> int:
 def calibrate(
     model: nn.Module, run: Callable[[], None], method: Calibration | None = None, policy: QuantPolicy | None = None
 ) -> dict[str, ActivationEncoding]:
-    """Calibrate every quantized layer's input encoding from what ``run()`` feeds the model, then freeze it.
+    """Calibrate every quantized layer's input and output encodings from what ``run()`` feeds the model; they
+    stay frozen afterwards. Returns the input encodings.
 
     ``run`` performs the calibration forwards (for example over N samples); weights are fake-quantized at their
     current bits meanwhile, as in training.
@@ -146,6 +147,7 @@ def calibrate(
     layers = quant_layers(model)
     for m in layers.values():
         m.observer.__init__()  # type: ignore[misc]
+        m.out_observer.__init__()  # type: ignore[misc]
         m.mode = "observe"
     try:
         run()
@@ -157,6 +159,7 @@ def calibrate(
         if m.observer.count == 0:
             raise ValueError(f"layer '{name}' saw no calibration data: is it used by the forward pass?")
         m.act_encoding = m.observer.encoding(method, m.act_bits)
+        m.out_encoding = m.out_observer.encoding(method, m.act_bits)
         encodings[name] = m.act_encoding
     return encodings
 
@@ -183,6 +186,7 @@ def quant_state(model: nn.Module, policy: QuantPolicy | None = None) -> dict[str
             "weight_scale": _floats(scale),
             "weight_offset": _floats(offset),
             "act": m.act_encoding.to_dict() if m.act_encoding else {"bits": m.act_bits, "scale": None},
+            "out": m.out_encoding.to_dict() if m.out_encoding else {"bits": m.act_bits, "scale": None},
         }
     return {"format": STATE_FORMAT, "policy": policy.to_dict() if policy else None, "layers": layers}
 
@@ -200,3 +204,5 @@ def load_quant_state(model: nn.Module, state: dict[str, Any]) -> None:
         m.set_weight_bits(entry["weight_bits"])
         act = entry["act"]
         m.act_encoding = ActivationEncoding.from_dict(act) if act.get("scale") is not None else None
+        out = entry["out"]
+        m.out_encoding = ActivationEncoding.from_dict(out) if out.get("scale") is not None else None

@@ -1,0 +1,57 @@
+"""Compile a run's exported components for a target, and check each on the host HTP simulator."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from fraqat_deploy.compile.local import compile_cached, htp_parity
+from fraqat_deploy.errors import ConfigError, InputError
+from fraqat_deploy.export import load_inputs
+from fraqat_deploy.runs import RunDir, write_json_atomic
+from fraqat_deploy.targets import get_target
+
+
+def read_export(run: Path) -> dict[str, Any]:
+    path = Path(run) / "export" / "export.json"
+    if not path.is_file():
+        raise InputError(f"{run} has no export", f"export it first: fraqat-deploy export <model> --run {run}")
+    return json.loads(path.read_text())
+
+
+def compile_run(run: Path, device: str, *, allow_cpu_fallback: bool = False, components: list[str] | None = None,
+                force: bool = False) -> dict[str, Any]:
+    """Compile every exported component for ``device`` (a target alias) with the local QNN HTP compiler; then run
+    each context binary on the HTP simulator against its Q/DQ model on the CPU (``htp_parity.json``)."""
+    target = get_target(device)
+    exported = read_export(run)
+    names = list(exported["components"])
+    unknown = sorted(set(components or []) - set(names))
+    if unknown:
+        raise ConfigError(f"unknown component(s) {', '.join(unknown)}", f"use: {', '.join(names)}")
+    rd = RunDir(run)
+    stage = f"compile/{target.alias}"
+    out = rd.stage_dir(stage)
+    rd.update_stage(stage, "running", target=target.alias, backend="local")
+    export_dir = Path(run) / "export"
+    records, parity = {}, {}
+    try:
+        for name, info in exported["components"].items():
+            if components and name not in components:
+                continue
+            records[name] = compile_cached(export_dir / info["onnx"], out, target,
+                                           allow_cpu_fallback=allow_cpu_fallback, force=force)
+            inputs = load_inputs(export_dir / info["inputs"])
+            parity[name] = htp_parity(out / f"{Path(info['onnx']).stem}_ctx.onnx", export_dir / info["onnx"], inputs,
+                                      target=target)
+    except Exception:
+        rd.update_stage(stage, "failed")
+        raise
+    write_json_atomic(out / "htp_parity.json", {
+        "what": "compiled context binary on the host HTP simulator vs the Q/DQ model on ONNX Runtime's CPU provider",
+        "components": parity,
+    })
+    failed = [n for n, p in parity.items() if not p["passed"]]
+    rd.update_stage(stage, "done", components=list(records), htp_parity_failed=failed)
+    return {"target": target.alias, "records": records, "parity": parity, "out": out, "failed": failed}

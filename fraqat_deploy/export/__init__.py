@@ -1,0 +1,157 @@
+"""Export a trained run's components to Q/DQ ONNX that reproduces its quantization, with a parity check.
+
+``export_run`` writes, under ``<run>/export/``: ``<component>.onnx`` (Q/DQ, opset 21), ``<component>.float.onnx``
+(the same graph before quantization, for inspection), ``<component>.inputs.npz`` (sample and calibration
+inputs), ``parity.json`` and ``export.json``.
+
+Parity: every output of the Q/DQ model on ONNX Runtime's CPU provider against the PyTorch fake-quant model (the
+trained student plus the export rule's INT8 weights) on the same sample input. With ``s`` the step of an 8-bit
+encoding of the reference output's range (activations are 8-bit throughout a W4A8 graph, so one rounding step
+of a trained tensor is the unit of disagreement), an output passes when its mean absolute error is at most
+``1 s`` and its largest at most ``4 s``. What remains is the uint16 rounding of untrained tensors, which can move
+a trained 8-bit tensor by one step where a value sits on a rounding boundary.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+
+from fraqat_deploy.errors import ConfigError, InputError
+from fraqat_deploy.export.graph import OPSET, export_float
+from fraqat_deploy.export.qdq import RULE, apply_rule_to_weights, build_qdq
+from fraqat_deploy.models.base import Component
+from fraqat_deploy.models.htp_forms import htp_forms
+from fraqat_deploy.quant import quant_layers
+from fraqat_deploy.runs import RunDir, sha256_file, write_json_atomic
+from fraqat_deploy.train.load import load_trained
+
+MEAN_STEPS_TOL = 1.0
+MAX_STEPS_TOL = 4.0
+TWO_GB = 2 << 30
+
+
+def parity_metrics(got: np.ndarray, ref: np.ndarray) -> dict[str, Any]:
+    diff = np.abs(got.astype(np.float64) - ref.astype(np.float64))
+    step = max(float(ref.max() - ref.min()), 1e-12) / 255.0
+    mean_steps, max_steps = float(diff.mean()) / step, float(diff.max()) / step
+    return {
+        "max_abs": float(diff.max()), "mean_abs": float(diff.mean()),
+        "rel": float(diff.mean() / max(float(np.abs(ref).mean()), 1e-12)), "step_8bit": step,
+        "mean_steps": mean_steps, "max_steps": max_steps,
+        "passed": bool(np.isfinite(got).all() and mean_steps <= MEAN_STEPS_TOL and max_steps <= MAX_STEPS_TOL),
+    }
+
+
+def save_inputs(component: Component, path: Path) -> None:
+    arrays = {}
+    for i, row in enumerate(component.calibration):
+        for name, t in zip(component.input_names, row, strict=True):
+            arrays[f"{i}/{name}"] = t.detach().cpu().numpy()
+    np.savez(path, **arrays)
+
+
+def load_inputs(path: Path, index: int = 0) -> dict[str, np.ndarray]:
+    """The ``index``-th input set saved by ``save_inputs`` (0: the sample)."""
+    if not path.is_file():
+        raise InputError(f"no sample inputs at {path}", "export the run again: fraqat-deploy export <model> --run R")
+    with np.load(path) as data:
+        prefix = f"{index}/"
+        return {k[len(prefix):]: data[k] for k in data.files if k.startswith(prefix)}
+
+
+def _save_onnx(model: onnx.ModelProto, path: Path) -> None:
+    if model.ByteSize() >= TWO_GB - (64 << 20):
+        onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                  location=f"{path.name}.data", size_threshold=1024)
+    else:
+        onnx.save(model, str(path))
+
+
+def export_component(component: Component, out: Path) -> dict[str, Any]:
+    """One component: HTP forms, the rule's weights, float export, Q/DQ, parity. Returns its record."""
+    started = time.perf_counter()
+    module = copy.deepcopy(component.module).eval()
+    forms = htp_forms(module)
+    apply_rule_to_weights(module)
+    layers = quant_layers(module)
+    for layer in layers.values():
+        layer.export_form()
+    work = Component(component.name, module, component.input_names, component.output_names,
+                     component.calibration, component.holds_student)
+    float_path, qdq_path = out / f"{component.name}.float.onnx", out / f"{component.name}.onnx"
+    float_model = export_float(work, float_path)
+    qdq_model, report = build_qdq(float_model, module, work.input_names, work.calibration)
+    try:
+        onnx.checker.check_model(qdq_model)
+    except onnx.checker.ValidationError as e:
+        raise ConfigError(f"the Q/DQ graph of '{component.name}' is invalid: {str(e).splitlines()[0]}",
+                          "report this export as a bug") from None
+    _save_onnx(qdq_model, qdq_path)
+    save_inputs(component, out / f"{component.name}.inputs.npz")
+
+    for layer in layers.values():
+        layer.mode = "frozen"  # the fake-quant reference: same weights, trained activation encodings
+    with torch.no_grad():
+        ref = module(*work.sample)
+    refs = [ref] if isinstance(ref, torch.Tensor) else list(ref)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(qdq_path), options, providers=["CPUExecutionProvider"])
+    feed = {n: t.detach().cpu().numpy() for n, t in zip(work.input_names, work.sample, strict=True)}
+    outputs = session.run(work.output_names, feed)
+    parity = {name: parity_metrics(got, r.detach().float().cpu().numpy())
+              for name, got, r in zip(work.output_names, outputs, refs, strict=True)}
+    return {
+        "onnx": qdq_path.name, "float_onnx": float_path.name, "inputs": f"{component.name}.inputs.npz",
+        "input_names": work.input_names, "output_names": work.output_names,
+        "input_shapes": {n: list(t.shape) for n, t in zip(work.input_names, work.sample, strict=True)},
+        "holds_student": component.holds_student, "htp_forms": forms, "qdq": report.to_dict(),
+        "sha256": sha256_file(qdq_path), "parity": parity, "seconds": round(time.perf_counter() - started, 2),
+    }
+
+
+def export_run(run: Path, model: str | None = None, *, components: list[str] | None = None,
+               n_calibration: int = 8, seed: int = 0) -> dict[str, Any]:
+    """Export every component of a trained run (or the chosen ones). Fails loudly when parity does not hold,
+    after writing ``parity.json``."""
+    trained = load_trained(run, model)
+    all_components = trained.adapter.components(trained.fp, copy.deepcopy(trained.student),
+                                                n_calibration=n_calibration, seed=seed)
+    names = [c.name for c in all_components]
+    unknown = sorted(set(components or []) - set(names))
+    if unknown:
+        raise ConfigError(f"unknown component(s) {', '.join(unknown)}", f"use: {', '.join(names)}")
+    rd = RunDir(run)
+    out = rd.stage_dir("export")
+    rd.update_stage("export", "running", components=names if not components else components)
+    records = {}
+    for component in all_components:
+        if components and component.name not in components:
+            continue
+        records[component.name] = export_component(component, out)
+    parity = {name: rec["parity"] for name, rec in records.items()}
+    write_json_atomic(out / "parity.json", {
+        "reference": "PyTorch fake-quant model (trained encodings + the export rule's INT8 weights)",
+        "tolerance": {"mean_steps": MEAN_STEPS_TOL, "max_steps": MAX_STEPS_TOL,
+                      "step": "8-bit step of the reference output's range"},
+        "components": parity,
+    })
+    manifest = {"opset": OPSET, "rule": RULE, "adapter": trained.adapter.name, "components": records}
+    write_json_atomic(out / "export.json", manifest)
+    failed = [f"{c}/{o} ({m['mean_steps']:.2f} mean, {m['max_steps']:.2f} max steps)"
+              for c, outs in parity.items() for o, m in outs.items() if not m["passed"]]
+    if failed:
+        rd.update_stage("export", "failed", reason=f"parity: {', '.join(failed)}")
+        raise ConfigError(f"export parity does not hold for {', '.join(failed)} (see {out / 'parity.json'})",
+                          "run `fraqat-deploy debug-htp` style comparisons, or report this export as a bug")
+    rd.update_stage("export", "done", components=list(records))
+    rd.record_outputs("export", [out / r["onnx"] for r in records.values()] + [out / "parity.json"])
+    return manifest

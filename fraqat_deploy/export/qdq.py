@@ -1,0 +1,343 @@
+"""Float ONNX -> Q/DQ ONNX that reproduces the trained quantization exactly.
+
+Every float tensor gets one Q -> DQ pair after its producer (the QDQ format the QNN EP lowers to the HTP):
+
+* a trained layer's weight: INT4 (or INT8 if it trained wider) with the trained scale(s), zero point 0; its
+  input: a conversion to the trained encoding where the producer's differs; its output: the trained encoding;
+* ``RULE`` for everything the training did not quantize: other MatMul / Gemm / Conv weights INT8 per output
+  channel, narrow range (the PyTorch reference applies the same, ``apply_rule_to_weights``); biases INT32 at
+  input scale x weight scale; every other activation and constant uint16 over its calibrated min/max (softmax,
+  normalisation, the linear-attention normaliser, residual streams). An 8-bit tensor read by a 16-bit op is
+  widened exactly (scale / 257, zero point x 257); reshapes and transposes keep their input's encoding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from onnx import TensorProto, helper, numpy_helper
+from torch import nn
+
+from fraqat_deploy.errors import ConfigError
+from fraqat_deploy.export.graph import LayerNode, weight_layer_nodes
+from fraqat_deploy.quant import ActivationEncoding, quantize_weight
+from fraqat_deploy.quant.modules import QuantMixin, is_quant_layer
+
+RULE = ("trained layers keep their trained INT4 weights and uint8 input/output encodings; other MatMul/Gemm/Conv "
+        "weights INT8 per output channel (narrow range); biases INT32; every other activation and constant uint16 "
+        "over its calibrated min/max")
+RULE_WEIGHT_BITS = 8
+#: ops whose output keeps its input's encoding (pure data movement)
+SHARED_ENCODING_OPS = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "DepthToSpace", "SpaceToDepth",
+                       "Split", "Slice", "Expand"}
+#: initializer inputs that are parameters, not data: left as they are
+PARAMETER_INPUTS = {("Clip", 1), ("Clip", 2), ("Pad", 1), ("Pad", 2), ("Pad", 3)}
+#: output encodings the QNN HTP requires for 16-bit nonlinearities (as ONNX Runtime's QNN quantizer sets them)
+FIXED_OUTPUTS = {
+    "Sigmoid": ActivationEncoding(16, 1.0 / 65536.0, 0),
+    "Tanh": ActivationEncoding(16, 1.0 / 32768.0, 32768),
+}
+_ACT_DTYPE = {8: (np.uint8, TensorProto.UINT8), 16: (np.uint16, TensorProto.UINT16)}
+
+
+def apply_rule_to_weights(module: nn.Module) -> dict[str, nn.Module]:
+    """Quantize, in place, the Linear / Conv2d weights the training left in float (the rule: INT8 per channel)."""
+    layers = {}
+    for name, m in module.named_modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d)) and not is_quant_layer(m):
+            q, scale, _ = quantize_weight(m.weight, RULE_WEIGHT_BITS, "narrow", "channel")
+            with torch.no_grad():
+                m.weight.copy_(q * scale)
+            m.rule_scale = scale.flatten().clone()  # type: ignore[attr-defined]
+            layers[name] = m
+    return layers
+
+
+def widened(enc: ActivationEncoding) -> ActivationEncoding:
+    """The 16-bit encoding on which every value of an 8-bit one is exactly representable."""
+    if enc.bits == 16:
+        return enc
+    return ActivationEncoding(16, float(np.float32(enc.scale) / np.float32(257)), enc.zero_point * 257)
+
+
+def calibrate_ranges(model: onnx.ModelProto, input_names: list[str], calibration: list[tuple[torch.Tensor, ...]]
+                     ) -> dict[str, tuple[float, float]]:
+    """min / max of every float tensor over the calibration inputs (ONNX Runtime, CPU)."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    infos = list(inferred.graph.value_info) + list(inferred.graph.output) + list(inferred.graph.input)
+    floats = {vi.name for vi in infos if vi.type.tensor_type.elem_type == TensorProto.FLOAT}
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    del probe.graph.output[:]
+    names = sorted(floats - {i.name for i in model.graph.initializer})
+    for name in names:
+        probe.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    ranges: dict[str, tuple[float, float]] = {}
+    for row in calibration:
+        feed = {n: t.detach().cpu().numpy() for n, t in zip(input_names, row, strict=True)}
+        for name, value in zip(names, session.run(names, feed), strict=True):
+            lo, hi = float(np.min(value)), float(np.max(value))
+            old = ranges.get(name, (lo, hi))
+            ranges[name] = (min(old[0], lo), max(old[1], hi))
+    return ranges
+
+
+@dataclass
+class QdqReport:
+    trained_layers: int
+    rule_layers: int
+    weight_elements: int
+    conversions: int
+    encodings: dict[str, dict[str, Any]]  # trained layer -> what the graph holds, for the record
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.__dict__
+
+
+class _Builder:
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.model = model
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+        self.constants: set[str] = set()
+
+    def const(self, name: str, value: np.ndarray) -> str:
+        self.inits.append(numpy_helper.from_array(value, name))
+        return name
+
+    def qdq(self, tensor: str, enc: ActivationEncoding, tag: str, output: str | None = None) -> str:
+        """tensor -> Q -> DQ; returns the DQ output (named ``output`` if given)."""
+        np_type, _ = _ACT_DTYPE[enc.bits]
+        base = f"{tensor}_{tag}"
+        scale = self.const(f"{base}_scale", np.array(enc.scale, dtype=np.float32))
+        zp = self.const(f"{base}_zp", np.array(enc.zero_point, dtype=np_type))
+        self.nodes.append(helper.make_node("QuantizeLinear", [tensor, scale, zp], [f"{base}_q"], name=f"{base}_Q"))
+        output = output or f"{base}_dq"
+        self.nodes.append(helper.make_node("DequantizeLinear", [f"{base}_q", scale, zp], [output], name=f"{base}_DQ"))
+        return output
+
+    def constant(self, name: str, value: np.ndarray) -> str:
+        """A float constant stored as uint16 codes over its own min/max, behind a DQ (once per constant)."""
+        out = f"{name}_c_dq"
+        if out not in self.constants:
+            enc = ActivationEncoding.from_range(float(value.min()), float(value.max()), bits=16)
+            q = np.clip(np.round(value / np.float32(enc.scale)) + enc.zero_point, 0, 65535).astype(np.uint16)
+            qn = self.const(f"{name}_c_int", q)
+            sn = self.const(f"{name}_c_scale", np.array(enc.scale, dtype=np.float32))
+            zn = self.const(f"{name}_c_zp", np.array(enc.zero_point, dtype=np.uint16))
+            self.nodes.append(helper.make_node("DequantizeLinear", [qn, sn, zn], [out], name=f"{name}_c_DQ"))
+            self.constants.add(out)
+        return out
+
+    def weight(self, name: str, q: np.ndarray, scale: np.ndarray, axis: int | None, dtype: int) -> str:
+        qn = f"{name}_int"
+        self.inits.append(helper.make_tensor(qn, dtype, q.shape, q.astype(np.int64).flatten().tolist()))
+        zp = np.zeros(scale.shape, dtype=np.int32)
+        zpn = f"{name}_zp"
+        self.inits.append(helper.make_tensor(zpn, dtype, zp.shape, zp.flatten().tolist()))
+        sn = self.const(f"{name}_scale", scale.astype(np.float32))
+        attrs = {"axis": axis} if axis is not None and scale.size > 1 else {}
+        self.nodes.append(helper.make_node("DequantizeLinear", [qn, sn, zpn], [f"{name}_dq"], name=f"{name}_DQ",
+                                           **attrs))
+        return f"{name}_dq"
+
+
+def _int_type(qmin: int, qmax: int) -> int:
+    if -8 <= qmin and qmax <= 7:
+        return TensorProto.INT4
+    if -128 <= qmin and qmax <= 127:
+        return TensorProto.INT8
+    return TensorProto.INT16
+
+
+def _stored(q: np.ndarray, ln: LayerNode, shape: tuple[int, ...]) -> np.ndarray:
+    """Codes laid out as the ONNX initializer stores the weight."""
+    stored = q.T if q.ndim == 2 and ln.channel_axis == 1 else q  # MatMul keeps W^T: [in, out]
+    if stored.shape == shape:
+        return stored
+    raise ConfigError(f"layer '{ln.layer}': weight layout {shape} vs {q.shape}", "report this export as a bug")
+
+
+def build_qdq(model: onnx.ModelProto, module: nn.Module, input_names: list[str],
+              calibration: list[tuple[torch.Tensor, ...]]) -> tuple[onnx.ModelProto, QdqReport]:
+    trained_layers = {n: m for n, m in module.named_modules() if is_quant_layer(m)}
+    rule_layers = {n: m for n, m in module.named_modules()
+                   if isinstance(m, (nn.Linear, nn.Conv2d)) and not is_quant_layer(m)}
+    trained = weight_layer_nodes(model, trained_layers) if trained_layers else {}
+    rule = weight_layer_nodes(model, rule_layers, required=False) if rule_layers else {}
+    by_node = {ln.node.name: ("trained", ln) for ln in trained.values()}
+    by_node |= {ln.node.name: ("rule", ln) for ln in rule.values()}
+    ranges = calibrate_ranges(model, input_names, calibration)
+    g = model.graph
+    inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    graph_outputs = {o.name for o in g.output}
+    b = _Builder(model)
+
+    def range_encoding(tensor: str) -> ActivationEncoding:
+        lo, hi = ranges[tensor]
+        return ActivationEncoding.from_range(lo, hi, bits=16)
+
+    prod: dict[str, ActivationEncoding] = {}  # encoding each float activation is produced in
+    dq_of: dict[str, str] = {}  # float activation -> its DQ output
+    converted: dict[tuple[str, ActivationEncoding], str] = {}
+    w_scale: dict[str, np.ndarray] = {}  # node name -> weight scale (for bias scales)
+    report_enc: dict[str, dict[str, Any]] = {}
+    weight_elements = 0
+
+    for inp in g.input:
+        if inp.name in ranges:
+            prod[inp.name] = range_encoding(inp.name)
+            dq_of[inp.name] = b.qdq(inp.name, prod[inp.name], "in")
+
+    def consume(tensor: str, need: ActivationEncoding) -> str:
+        if prod[tensor] == need:
+            return dq_of[tensor]
+        key = (tensor, need)
+        if key not in converted:
+            converted[key] = b.qdq(dq_of[tensor], need, f"cvt{len(converted)}")
+        return converted[key]
+
+    for node in g.node:
+        kind, ln = by_node.get(node.name, (None, None))
+        new_inputs = []
+        for k, name in enumerate(node.input):
+            if not name:
+                new_inputs.append(name)
+            elif name in inits:
+                value = inits[name]
+                if ln is not None and k == 1:  # the layer's weight
+                    layer = (trained_layers if kind == "trained" else rule_layers)[ln.layer]
+                    if kind == "trained":
+                        q, scale, offset = layer.weight_codes()  # type: ignore[union-attr]
+                        if float(offset.abs().max()) != 0.0:
+                            raise ConfigError(f"layer '{ln.layer}' was trained with wide-range weights",
+                                              "export takes narrow-range weights: train with --weight-range narrow")
+                        q = q.numpy()
+                        dtype = _int_type(int(q.min()), int(q.max()))
+                    else:
+                        q_t, scale, _ = quantize_weight(layer.weight, RULE_WEIGHT_BITS, "narrow", "channel")
+                        q, dtype = q_t.to(torch.int32).numpy(), TensorProto.INT8
+                    scale_np = scale.detach().float().numpy().reshape(-1)
+                    stored = _stored(q, ln, value.shape)
+                    if dtype == TensorProto.INT4 and scale_np.size == 1:
+                        # the HTP takes 4-bit weights per channel only: one scale repeated is the same maths
+                        scale_np = np.repeat(scale_np, stored.shape[ln.channel_axis])
+                    bscale = scale_np if scale_np.size == 1 else _bcast(scale_np, ln.channel_axis, stored.ndim)
+                    if not np.array_equal(stored.astype(np.float32) * bscale, value):
+                        raise ConfigError(f"layer '{ln.layer}': exported weights are not the quantized ones",
+                                          "report this export as a bug")
+                    w_scale[node.name] = scale_np
+                    weight_elements += int(q.size)
+                    new_inputs.append(b.weight(name, stored, scale_np, ln.channel_axis, dtype))
+                    if kind == "trained":
+                        enc_in = layer.act_encoding  # type: ignore[union-attr]
+                        enc_out = layer.out_encoding  # type: ignore[union-attr]
+                        report_enc[ln.layer] = {"weight_bits": layer.weight_bits, "weight_dtype":  # type: ignore
+                                                TensorProto.DataType.Name(dtype), "weight_scale": scale_np.tolist(),
+                                                "input": enc_in.to_dict(), "output": enc_out.to_dict()}
+                elif node.op_type == "LayerNormalization" and k == 1:  # QNN: an 8-bit scale beside 16-bit data
+                    enc8 = ActivationEncoding.from_range(float(value.min()), float(value.max()), bits=8)
+                    if f"{name}_u8_dq" not in b.constants:
+                        q8 = np.clip(np.round(value / np.float32(enc8.scale)) + enc8.zero_point, 0, 255)
+                        qn = b.const(f"{name}_u8", q8.astype(np.uint8))
+                        sn = b.const(f"{name}_u8_scale", np.array(enc8.scale, dtype=np.float32))
+                        zn = b.const(f"{name}_u8_zp", np.array(enc8.zero_point, dtype=np.uint8))
+                        b.nodes.append(helper.make_node("DequantizeLinear", [qn, sn, zn], [f"{name}_u8_dq"],
+                                                        name=f"{name}_u8_DQ"))
+                        b.constants.add(f"{name}_u8_dq")
+                    w_scale[node.name] = np.array([enc8.scale], dtype=np.float32)
+                    new_inputs.append(f"{name}_u8_dq")
+                elif k == 2 and node.name in w_scale and node.op_type in ("Gemm", "Conv", "LayerNormalization"):
+                    # bias: INT32 at input scale x weight scale
+                    in_scale = np.float32(_scale_of(new_inputs[0], b))
+                    s = (in_scale * w_scale[node.name]).astype(np.float32)
+                    qb = np.round(value / (s if s.size > 1 else s.reshape(()))).astype(np.int64)
+                    qn = f"{name}_int"
+                    b.inits.append(helper.make_tensor(qn, TensorProto.INT32, qb.shape, qb.flatten().tolist()))
+                    zpn = b.const(f"{name}_zp", np.zeros(s.shape, dtype=np.int32))
+                    sn = b.const(f"{name}_scale", s)
+                    attrs = {"axis": 0} if s.size > 1 else {}
+                    b.nodes.append(helper.make_node("DequantizeLinear", [qn, sn, zpn], [f"{name}_dq"],
+                                                    name=f"{name}_DQ", **attrs))
+                    new_inputs.append(f"{name}_dq")
+                elif value.dtype == np.float32 and (node.op_type, k) not in PARAMETER_INPUTS:
+                    new_inputs.append(b.constant(name, value))
+                else:
+                    new_inputs.append(name)
+            elif name in prod:
+                if kind == "trained" and k == 0:
+                    need = trained_layers[ln.layer].act_encoding  # type: ignore[union-attr]
+                    if need is None:
+                        raise ConfigError(f"layer '{ln.layer}' has no activation encoding", "train before export")
+                elif node.op_type in SHARED_ENCODING_OPS:
+                    need = prod[name]
+                else:
+                    need = widened(prod[name])
+                new_inputs.append(consume(name, need))
+            else:
+                new_inputs.append(name)  # integer tensors (shapes, masks, indices)
+        outputs = [o if o not in graph_outputs else f"{o}__float" for o in node.output]
+        new_node = onnx.NodeProto()
+        new_node.CopyFrom(node)
+        del new_node.input[:]
+        new_node.input.extend(new_inputs)
+        del new_node.output[:]
+        new_node.output.extend(outputs)
+        b.nodes.append(new_node)
+        for k, (orig, out) in enumerate(zip(node.output, outputs, strict=True)):
+            if orig not in ranges:
+                continue
+            if kind == "trained" and k == 0:
+                enc = trained_layers[ln.layer].out_encoding  # type: ignore[union-attr]
+            elif node.op_type in SHARED_ENCODING_OPS and node.input[0] in prod:
+                enc = prod[node.input[0]]
+            elif node.op_type in FIXED_OUTPUTS:
+                enc = FIXED_OUTPUTS[node.op_type]
+            else:
+                enc = range_encoding(orig)
+            prod[orig] = enc
+            dq_of[orig] = b.qdq(out, enc, "a", output=orig if orig in graph_outputs else None)
+
+    out_model = helper.make_model(
+        helper.make_graph(b.nodes, g.name, list(g.input), list(g.output), b.inits + list(g.initializer)),
+        opset_imports=list(model.opset_import), ir_version=model.ir_version,
+    )
+    _drop_unused(out_model)
+    report = QdqReport(len(trained), len(rule), weight_elements, len(converted), report_enc)
+    return out_model, report
+
+
+def _bcast(scale: np.ndarray, axis: int, ndim: int) -> np.ndarray:
+    shape = [1] * ndim
+    shape[axis] = scale.size
+    return scale.reshape(shape)
+
+
+def _scale_of(dq_output: str, b: _Builder) -> float:
+    node = next(n for n in reversed(b.nodes) if n.output[0] == dq_output)
+    init = next(i for i in b.inits if i.name == node.input[1])
+    return float(numpy_helper.to_array(init))
+
+
+def _drop_unused(model: onnx.ModelProto) -> None:
+    used = {i for n in model.graph.node for i in n.input}
+    keep = [i for i in model.graph.initializer if i.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep)
+
+
+def trained_encodings_in_graph(model: onnx.ModelProto) -> int:
+    """How many INT4 weight initializers the graph holds (a quick read-back for tests and reports)."""
+    return sum(1 for i in model.graph.initializer if i.data_type == TensorProto.INT4)
+
+
+__all__ = ["RULE", "QdqReport", "QuantMixin", "apply_rule_to_weights", "build_qdq", "calibrate_ranges", "widened"]

@@ -1,0 +1,131 @@
+"""Sana as deployed: three static-shape graphs (text encoder, transformer, VAE decoder) and their inputs."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from fraqat_deploy.models.base import Component, LoadedModel
+from fraqat_deploy.models.sampler import PromptEmbeds, encode_prompts, euler_sample, sampling_noise
+
+#: the additive bias of masked prompt tokens. diffusers uses -10000, which stretches the attention scores'
+#: range so far that 16 bits no longer resolve them; exp(-64) ~ 1.6e-28 gives the masked tokens the same zero weight
+MASK_BIAS = 64.0
+
+
+class TextEncoderGraph(nn.Module):
+    """token ids, attention mask -> prompt embeddings (Gemma-2 last hidden state).
+
+    The causal-and-padding mask is built here as an additive 4-D bias (the same attention as Gemma-2's own mask,
+    which exports through GatherND, an operator the HTP does not run), and small enough for 16 bits: the logits
+    are soft-capped to +-softcap, so a bias of 2 softcap + 64 gives masked keys the same zero weight.
+    """
+
+    def __init__(self, text_encoder: nn.Module) -> None:
+        super().__init__()
+        self.text_encoder = text_encoder
+        softcap = getattr(text_encoder.config, "attn_logit_softcapping", None) or 0.0
+        self.mask_bias = 2.0 * float(softcap) + MASK_BIAS
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        length = input_ids.shape[1]
+        causal = torch.tril(torch.ones(length, length, device=input_ids.device))
+        allowed = causal[None, None] * attention_mask[:, None, None, :].float()
+        return self.text_encoder(input_ids, attention_mask=(1 - allowed) * -self.mask_bias)[0]
+
+
+
+
+class _Passthrough(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+class TransformerGraph(nn.Module):
+    """latent, timestep features, prompt embeddings, prompt mask -> velocity (the guidance batch).
+
+    The sinusoidal timestep projection (arguments up to 1000 radians, which 16 bits cannot resolve) runs on
+    the host: ``timestep_features(t)`` is the transformer's own ``time_proj``; the graph starts after it.
+    Takes ownership of ``transformer`` (its ``time_proj`` is replaced by a pass-through).
+    """
+
+    def __init__(self, transformer: nn.Module) -> None:
+        super().__init__()
+        emb = transformer.time_embed.emb
+        self.time_proj = emb.time_proj
+        emb.time_proj = _Passthrough()
+        self.transformer = transformer
+
+    @torch.no_grad()
+    def timestep_features(self, timestep: torch.Tensor) -> torch.Tensor:
+        return self.time_proj(timestep.float()).float()
+
+    def forward(self, latent: torch.Tensor, timestep_features: torch.Tensor, prompt_embeds: torch.Tensor,
+                prompt_mask: torch.Tensor) -> torch.Tensor:
+        bias = ((1 - prompt_mask.to(latent.dtype)) * -MASK_BIAS).unsqueeze(1)
+        return self.transformer(hidden_states=latent, encoder_hidden_states=prompt_embeds, timestep=timestep_features,
+                                encoder_attention_mask=bias, return_dict=False)[0]
+
+
+class VaeDecoderGraph(nn.Module):
+    """scaled latent -> image in [0, 1]; the VAE's scaling factor and the output mapping are folded in."""
+
+    def __init__(self, vae: nn.Module) -> None:
+        super().__init__()
+        self.vae = vae
+        self.scale = 1.0 / float(getattr(vae.config, "scaling_factor", 1.0))
+
+    def forward(self, latent: torch.Tensor) -> torch.Tensor:
+        image = self.vae.decode(latent * self.scale, return_dict=False)[0]
+        return (image / 2 + 0.5).clamp(0, 1)
+
+
+def _tokens(model: LoadedModel, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    tokenizer = model.parts["tokenizer"]
+    tokenizer.padding_side = "right"
+    t = tokenizer([p.lower().strip() for p in prompts], padding="max_length", max_length=model.parts["max_tokens"],
+                  truncation=True, add_special_tokens=True, return_tensors="pt")
+    return t["input_ids"], t["attention_mask"]
+
+
+@torch.no_grad()
+def sana_components(model: LoadedModel, student: nn.Module, prompts: list[str], *, n_calibration: int,
+                    seed: int, cfg_batch: int = 2) -> list[Component]:
+    """The three graphs, calibrated on the FP model's own sampling runs of ``prompts``."""
+    parts = model.parts
+    generator = torch.Generator().manual_seed(seed)
+    chosen = [prompts[i % len(prompts)] for i in torch.randperm(len(prompts), generator=generator).tolist()]
+    chosen = (chosen * (1 + n_calibration // max(len(chosen), 1)))[:n_calibration]
+    ids, mask = _tokens(model, chosen)
+    empty_ids, empty_mask = _tokens(model, [""])
+    cond = encode_prompts(parts["text_encoder"], parts["tokenizer"], chosen, parts["max_tokens"])
+    uncond = encode_prompts(parts["text_encoder"], parts["tokenizer"], [""], parts["max_tokens"])
+    noise = sampling_noise(len(chosen), parts["latent_shape"], generator)
+    result = euler_sample(
+        model.student, noise, cond,
+        PromptEmbeds(uncond.embeds.expand(len(chosen), -1, -1), uncond.mask.expand(len(chosen), -1)),
+        steps=parts["steps"], guidance=parts["guidance"], shift=parts["flow_shift"],
+        timestep_scale=parts.get("timestep_scale", 1.0), return_trajectory=True,
+    )
+    graph = TransformerGraph(copy.deepcopy(student))
+    # one calibration example per prompt, at a step spread along the trajectory
+    transformer_inputs = []
+    for i in range(len(chosen)):
+        x_t, timestep = result.trajectory[(i * 7) % len(result.trajectory)]
+        x, t = x_t[i : i + 1], timestep.reshape(-1)[:1].float()
+        embeds, m = cond.embeds[i : i + 1], cond.mask[i : i + 1]
+        if cfg_batch == 2:  # unconditional first, as the sampler batches it
+            x, t = torch.cat([x, x]), torch.cat([t, t])
+            embeds, m = torch.cat([uncond.embeds, embeds]), torch.cat([uncond.mask, m])
+        transformer_inputs.append((x, graph.timestep_features(t), embeds, m))
+    text_inputs = [(empty_ids, empty_mask)] + [(ids[i : i + 1], mask[i : i + 1]) for i in range(len(chosen))]
+    latents = [(result.latents[i : i + 1],) for i in range(len(chosen))]
+    return [
+        Component("text_encoder", TextEncoderGraph(parts["text_encoder"]), ["input_ids", "attention_mask"],
+                  ["prompt_embeds"], text_inputs[:n_calibration]),
+        Component("transformer", graph, ["latent", "timestep_features", "prompt_embeds", "prompt_mask"],
+                  ["velocity"], transformer_inputs, holds_student=True),
+        Component("vae_decoder", VaeDecoderGraph(parts["vae"]), ["latent"], ["image"], latents),
+    ]
