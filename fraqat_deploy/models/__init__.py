@@ -1,7 +1,8 @@
 """Model adapters, registered by name (``@register_model``)."""
 
-from fraqat_deploy.models import gemma, sana  # noqa: F401  (registration)
+from fraqat_deploy.models import digits, gemma, sana, tiny_gemma  # noqa: F401  (registration)
 from fraqat_deploy.models.base import (
+    Component,
     DistillData,
     LoadedModel,
     ModelAdapter,
@@ -11,6 +12,7 @@ from fraqat_deploy.models.base import (
 )
 
 __all__ = [
+    "Component",
     "DistillData",
     "LoadedModel",
     "ModelAdapter",

@@ -1,0 +1,2 @@
+"""Quality metrics: how good generated images and texts are, and how close a quantized model stays to its
+full-precision reference."""
