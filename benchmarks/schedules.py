@@ -15,7 +15,6 @@ top-1 agreement.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
