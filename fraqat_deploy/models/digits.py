@@ -8,13 +8,12 @@ toolkit runs offline on a laptop. It is prompted like "a handwritten digit seven
 
 from __future__ import annotations
 
-import copy
 import hashlib
 from pathlib import Path
 from typing import Any
 
-from fraqat_deploy.errors import ConfigError, InputError
-from fraqat_deploy.models.base import LoadedModel, check_spec, register_model
+from fraqat_deploy.models.base import LoadedModel, register_model
+from fraqat_deploy.models.builtin import BuiltinModel
 from fraqat_deploy.models.sana import SanaAdapter
 
 #: the committed full-precision digits-Sana (a diffusers SanaPipeline folder plus our files)
@@ -73,7 +72,7 @@ DIGITS_CONFIG: dict[str, Any] = {
 
 
 @register_model("digits")
-class DigitsAdapter(SanaAdapter):
+class DigitsAdapter(BuiltinModel, SanaAdapter):
     """A Sana adapter whose default model is the committed digits-Sana.
 
     ``load()`` (or ``load(None)``) is the committed model; ``load(folder)`` any Sana folder (the build script's
@@ -82,47 +81,20 @@ class DigitsAdapter(SanaAdapter):
     distillation prompts are the Sana adapter's, which are already digit prompts ("a handwritten digit seven").
     """
 
-    def load(self, source: str | None = None, *, tiny: bool = False, seed: int = 0) -> LoadedModel:
-        if tiny:
-            if source is not None:
-                raise ConfigError(
-                    f"a tiny model is built from scratch, but a source was given ('{source}')",
-                    "drop the source to build the random-initialised digits model, or drop --tiny to load it",
-                )
-            return self._build_tiny(copy.deepcopy(DIGITS_CONFIG), seed)
-        if source is None:
-            return self._load_builtin(expected_sha256=None)
-        return self._load_pretrained(source)
+    asset_dir = ASSET_DIR
+    asset_marker = "transformer"
+    builtin = BUILTIN
+    build_script = BUILD_SCRIPT
+    architecture = DIGITS_CONFIG
 
-    def load_from_spec(self, spec: dict[str, Any]) -> LoadedModel:
-        if check_spec(spec, self.name) == "pretrained" and spec.get("builtin") == BUILTIN:
-            return self._load_builtin(expected_sha256=spec.get("sha256"))
-        return super().load_from_spec(spec)
+    def weights_sha256(self, folder: Path) -> str:
+        return weights_sha256(folder)
 
     def _load_pretrained(self, source: str) -> LoadedModel:
         # the folder is a plain Sana folder (its settings file says "sana"), read by the Sana adapter's code;
         # only the name and the spec are ours
         model = SanaAdapter().load(source)
         return LoadedModel(self.name, model.student, model.parts, {**model.spec, "adapter": self.name})
-
-    def _load_builtin(self, expected_sha256: str | None) -> LoadedModel:
-        if not (ASSET_DIR / "transformer").is_dir():
-            raise InputError(
-                f"the built-in digits-Sana model is missing from '{ASSET_DIR}'",
-                f"reinstall fraqat-deploy, or rebuild it with: python {BUILD_SCRIPT}",
-            )
-        # recorded by name, not path, so the spec stays valid when the package is installed elsewhere; and by
-        # hash, so a rebuilt asset cannot silently become a different teacher on resume
-        sha = weights_sha256(ASSET_DIR)
-        if expected_sha256 is not None and sha != expected_sha256:
-            raise InputError(
-                f"the built-in digits-Sana weights changed (sha256 {sha[:12]}..., the run used "
-                f"{str(expected_sha256)[:12]}...)",
-                "use the fraqat-deploy version the run was made with, or start a new run",
-            )
-        model = self._load_pretrained(str(ASSET_DIR))
-        model.spec.update(builtin=BUILTIN, sha256=sha)
-        return model
 
     def save_pretrained(self, model: LoadedModel, folder: Path) -> None:
         """A plain Sana folder, so both the ``sana`` and the ``digits`` adapters load it."""

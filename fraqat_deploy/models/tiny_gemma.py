@@ -8,7 +8,6 @@ evaluation only), so a quantized student is never scored on text its teacher or 
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import sysconfig
 from pathlib import Path
@@ -17,15 +16,15 @@ from typing import Any, Literal
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from fraqat_deploy.errors import ConfigError, InputError
+from fraqat_deploy.errors import ConfigError
 from fraqat_deploy.models.base import (
     DistillData,
     LoadedModel,
     check_row_counts,
-    check_spec,
     register_model,
     split_rows,
 )
+from fraqat_deploy.models.builtin import BuiltinModel
 from fraqat_deploy.models.gemma import (
     POOL_FACTOR,
     STDLIB_FILE_CHARS,
@@ -133,7 +132,7 @@ def weights_sha256(folder: Path) -> str:
 
 
 @register_model("tiny-gemma")
-class TinyGemmaAdapter(GemmaAdapter):
+class TinyGemmaAdapter(BuiltinModel, GemmaAdapter):
     """A Gemma adapter whose default model is the committed tiny-Gemma.
 
     ``load()`` (or ``load(None)``) is the committed model; ``load(source)`` any Gemma-2 folder or hub id in its
@@ -141,43 +140,17 @@ class TinyGemmaAdapter(GemmaAdapter):
     trains), for tests that need the shapes and not the training.
     """
 
-    def load(self, source: str | None = None, *, tiny: bool = False, seed: int = 0) -> LoadedModel:
-        if tiny:
-            if source is not None:
-                raise ConfigError(
-                    f"a tiny model is built from scratch, but a source was given ('{source}')",
-                    "drop the source to build the random-initialised tiny-gemma, or drop --tiny to load it",
-                )
-            return self._build_tiny(copy.deepcopy(TINY_GEMMA_CONFIG), seed)
-        if source is None:
-            return self._load_builtin(expected_sha256=None)
-        return self._load_pretrained(source)
+    asset_dir = ASSET_DIR
+    asset_marker = WEIGHTS_FILE
+    builtin = BUILTIN
+    build_script = BUILD_SCRIPT
+    architecture = TINY_GEMMA_CONFIG
 
-    def load_from_spec(self, spec: dict[str, Any]) -> LoadedModel:
-        if check_spec(spec, self.name) == "pretrained" and spec.get("builtin") == BUILTIN:
-            return self._load_builtin(expected_sha256=spec.get("sha256"))
-        # "tiny" specs are rebuilt by the Gemma adapter's code, under our name
-        return super().load_from_spec(spec)
+    def weights_sha256(self, folder: Path) -> str:
+        return weights_sha256(folder)
 
     def _load_pretrained(self, source: str) -> LoadedModel:
         return self._relabel(GemmaAdapter().load(source), {})
-
-    def _load_builtin(self, expected_sha256: str | None) -> LoadedModel:
-        if not (ASSET_DIR / WEIGHTS_FILE).is_file():
-            raise InputError(
-                f"the built-in tiny-gemma model is missing from '{ASSET_DIR}'",
-                f"reinstall fraqat-deploy, or rebuild it with: python {BUILD_SCRIPT}",
-            )
-        # recorded by name, not path, so the spec stays valid when the package is installed elsewhere; and by
-        # hash, so a rebuilt asset cannot silently become a different teacher on resume
-        sha = weights_sha256(ASSET_DIR)
-        if expected_sha256 is not None and sha != expected_sha256:
-            raise InputError(
-                f"the built-in tiny-gemma weights changed (sha256 {sha[:12]}..., the run used "
-                f"{str(expected_sha256)[:12]}...)",
-                "use the fraqat-deploy version the run was made with, or start a new run",
-            )
-        return self._relabel(GemmaAdapter().load(str(ASSET_DIR)), {"builtin": BUILTIN, "sha256": sha})
 
     def _relabel(self, model: LoadedModel, extra: dict[str, Any]) -> LoadedModel:
         # loaded through the plain Gemma adapter because the folder is a plain Gemma-2 folder (its settings
