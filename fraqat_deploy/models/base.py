@@ -6,6 +6,7 @@ model's name. Training, export and compile only talk to a ``ModelAdapter``.
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from abc import ABC, abstractmethod
@@ -86,17 +87,44 @@ class ModelAdapter(ABC):
     #: name pattern of the model's last layer (kept at A16 by the paper's on-device recipe)
     last_layer_patterns: ClassVar[tuple[str, ...]] = ()
 
-    @abstractmethod
-    def load(self, source: str | None, *, tiny: bool = False, seed: int = 0) -> LoadedModel:
-        """Load from a hub id or local directory, or build the tiny random-initialised config."""
+    #: the random-initialised architecture ``load(tiny=True)`` builds (JSON-able: it goes into the spec)
+    tiny_config: ClassVar[dict[str, Any]] = {}
+    #: what ``load`` says when neither a source nor --tiny is given: (message, fix)
+    missing_source: ClassVar[tuple[str, str]] = ("no model given", "pass a model folder or hub id, or --tiny")
+    #: the fix when both a source and --tiny are given
+    tiny_with_source_fix: ClassVar[str] = "drop the source to build the tiny model, or drop --tiny to load the source"
 
-    @abstractmethod
+    def load(self, source: str | None = None, *, tiny: bool = False, seed: int = 0) -> LoadedModel:
+        """Load from a hub id or local directory, or build the tiny random-initialised config."""
+        if tiny:
+            if source is not None:
+                raise ConfigError(f"a tiny model is built from scratch, but a source was given ('{source}')",
+                                  self.tiny_with_source_fix)
+            return self._build_tiny(copy.deepcopy(self.tiny_config), seed)
+        if not source:
+            return self._default_model()
+        return self._load_pretrained(source)
+
+    def _default_model(self) -> LoadedModel:
+        raise InputError(*self.missing_source)
+
     def load_from_spec(self, spec: dict[str, Any]) -> LoadedModel:
         """Rebuild the model recorded in ``LoadedModel.spec``, with the same weights ``load`` gave.
 
         The trainer uses it to rebuild the frozen full-precision teacher on resume; trained student weights
         are loaded from checkpoints afterwards.
         """
+        if check_spec(spec, self.name) == "tiny":
+            return self._build_tiny(copy.deepcopy(spec["config"]), int(spec["seed"]))
+        return self._load_pretrained(str(spec["source"]))
+
+    @abstractmethod
+    def _build_tiny(self, config: dict[str, Any], seed: int) -> LoadedModel:
+        """The architecture of ``config``, random-initialised from ``seed`` (the caller's RNG untouched)."""
+
+    @abstractmethod
+    def _load_pretrained(self, source: str) -> LoadedModel:
+        """Real weights from a hub id or a local folder."""
 
     def save_pretrained(self, model: LoadedModel, folder: Path) -> None:
         """Write ``model`` as a folder that ``load(str(folder))`` reads back with the same weights and

@@ -8,11 +8,10 @@ installed elsewhere, and a rebuilt asset cannot silently become a different teac
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any, ClassVar
 
-from fraqat_deploy.errors import ConfigError, InputError
+from fraqat_deploy.errors import InputError
 from fraqat_deploy.models.base import LoadedModel, check_spec
 
 
@@ -24,22 +23,12 @@ class BuiltinModel:
     asset_marker: ClassVar[str]  # a file or folder inside asset_dir whose presence says the asset is there
     builtin: ClassVar[str]  # how specs name the committed model
     build_script: ClassVar[str]
-    architecture: ClassVar[dict[str, Any]]
 
     def weights_sha256(self, folder: Path) -> str:
         raise NotImplementedError
 
-    def load(self, source: str | None = None, *, tiny: bool = False, seed: int = 0) -> LoadedModel:
-        if tiny:
-            if source is not None:
-                raise ConfigError(
-                    f"a tiny model is built from scratch, but a source was given ('{source}')",
-                    f"drop the source to build the random-initialised {self.name}, or drop --tiny to load it",
-                )
-            return self._build_tiny(copy.deepcopy(self.architecture), seed)  # type: ignore[attr-defined]
-        if source is None:
-            return self._load_builtin(expected_sha256=None)
-        return self._load_pretrained(source)  # type: ignore[attr-defined]
+    def _default_model(self) -> LoadedModel:
+        return self._load_builtin(expected_sha256=None)
 
     def load_from_spec(self, spec: dict[str, Any]) -> LoadedModel:
         if check_spec(spec, self.name) == "pretrained" and spec.get("builtin") == self.builtin:

@@ -85,7 +85,8 @@ class DigitsAdapter(BuiltinModel, SanaAdapter):
     asset_marker = "transformer"
     builtin = BUILTIN
     build_script = BUILD_SCRIPT
-    architecture = DIGITS_CONFIG
+    tiny_config = DIGITS_CONFIG
+    tiny_with_source_fix = "drop the source to build the random-initialised digits, or drop --tiny to load it"
 
     def weights_sha256(self, folder: Path) -> str:
         return weights_sha256(folder)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import os
@@ -20,7 +19,6 @@ from fraqat_deploy.models.base import (
     LoadedModel,
     ModelAdapter,
     check_row_counts,
-    check_spec,
     read_settings,
     register_model,
     resolve_source,
@@ -82,25 +80,11 @@ class GemmaAdapter(ModelAdapter):
 
     # -- loading -------------------------------------------------------------------------------------------
 
-    def load(self, source: str | None, *, tiny: bool = False, seed: int = 0) -> LoadedModel:
-        if tiny:
-            if source is not None:
-                raise ConfigError(
-                    f"a tiny model is built from scratch, but a source was given ('{source}')",
-                    "drop the source to build the tiny model, or drop --tiny to load the source",
-                )
-            return self._build_tiny(copy.deepcopy(TINY_CONFIG), seed)
-        if not source:
-            raise InputError(
-                "no Gemma-2 model given",
-                f"pass a Gemma-2 model folder or hub id (e.g. {HUB_EXAMPLE}), or ask for the tiny model",
-            )
-        return self._load_pretrained(source)
-
-    def load_from_spec(self, spec: dict[str, Any]) -> LoadedModel:
-        if check_spec(spec, self.name) == "tiny":
-            return self._build_tiny(copy.deepcopy(spec["config"]), int(spec["seed"]))
-        return self._load_pretrained(str(spec["source"]))
+    tiny_config = TINY_CONFIG
+    missing_source = (
+        "no Gemma-2 model given",
+        f"pass a Gemma-2 model folder or hub id (e.g. {HUB_EXAMPLE}), or ask for the tiny model",
+    )
 
     def _build_tiny(self, config: dict[str, Any], seed: int) -> LoadedModel:
         tokenizer = build_byte_tokenizer()

@@ -3,7 +3,6 @@ its tokenizer and the DC-AE VAE stay frozen around it."""
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any
 
@@ -13,14 +12,13 @@ from PIL import Image
 from torch import nn
 from transformers import AutoTokenizer, Gemma2Config, Gemma2Model
 
-from fraqat_deploy.errors import ConfigError, InputError
+from fraqat_deploy.errors import InputError
 from fraqat_deploy.models.base import (
     Component,
     DistillData,
     LoadedModel,
     ModelAdapter,
     check_row_counts,
-    check_spec,
     freeze,
     read_settings,
     register_model,
@@ -142,26 +140,11 @@ class SanaAdapter(ModelAdapter):
 
     # -- loading -------------------------------------------------------------------------------------------
 
-    def load(self, source: str | None, *, tiny: bool = False, seed: int = 0) -> LoadedModel:
-        if tiny:
-            if source is not None:
-                raise ConfigError(
-                    f"a tiny model is built from scratch, but a source was given ('{source}')",
-                    "drop the source to build the tiny model, or drop --tiny to load the source",
-                )
-            return self._build_tiny(copy.deepcopy(TINY_CONFIG), seed)
-        if not source:
-            raise InputError(
-                "no Sana model given",
-                f"pass a diffusers Sana pipeline folder or hub id (e.g. {HUB_EXAMPLE}), "
-                "or ask for the tiny model",
-            )
-        return self._load_pretrained(source)
-
-    def load_from_spec(self, spec: dict[str, Any]) -> LoadedModel:
-        if check_spec(spec, self.name) == "tiny":
-            return self._build_tiny(copy.deepcopy(spec["config"]), int(spec["seed"]))
-        return self._load_pretrained(str(spec["source"]))
+    tiny_config = TINY_CONFIG
+    missing_source = (
+        "no Sana model given",
+        f"pass a diffusers Sana pipeline folder or hub id (e.g. {HUB_EXAMPLE}), or ask for the tiny model",
+    )
 
     def _build_tiny(self, config: dict[str, Any], seed: int) -> LoadedModel:
         tokenizer = build_caption_tokenizer()

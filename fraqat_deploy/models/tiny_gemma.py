@@ -144,7 +144,8 @@ class TinyGemmaAdapter(BuiltinModel, GemmaAdapter):
     asset_marker = WEIGHTS_FILE
     builtin = BUILTIN
     build_script = BUILD_SCRIPT
-    architecture = TINY_GEMMA_CONFIG
+    tiny_config = TINY_GEMMA_CONFIG
+    tiny_with_source_fix = "drop the source to build the random-initialised tiny-gemma, or drop --tiny to load it"
 
     def weights_sha256(self, folder: Path) -> str:
         return weights_sha256(folder)
