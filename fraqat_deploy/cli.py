@@ -212,9 +212,6 @@ def compile_cmd(
                       f"{rec['context_binary_bytes']:,}", f"{rec['weights']['bytes_per_weight']:.3f}",
                       f"{rel:.2%} rel", "ok" if par["passed"] else "OVER TOLERANCE", "yes" if rec["cached"] else "no")
     out.print(table)
-    if result["failed"]:
-        console.print(f"[yellow]warning:[/] HTP parity over tolerance for {', '.join(result['failed'])}: see "
-                      f"{result['out'] / 'htp_parity.json'}; `fraqat-deploy debug-htp` finds where it departs")
     out.print(f"written: {result['out']}  (compile.json, htp_parity.json, <component>_ctx.onnx + .bin)")
 
 

@@ -49,6 +49,9 @@ EP_CONTEXT_OP = "EPContext"
 PARITY_REL_TOL = 0.02
 PARITY_STEPS_TOL = 2.0
 PARITY_PEAK_TOL = 0.10
+#: with the float graph at hand, the HTP may also differ from the CPU Q/DQ model by up to this many times the
+#: Q/DQ model's own quantization error (vs the float graph): see ``htp_parity``
+PARITY_NOISE_FACTOR = 2.0
 
 
 # ---------------------------------------------------------------- reading models
@@ -484,11 +487,11 @@ def parity_verdict(
     if step and metrics["max_abs"] <= steps_tol * step:
         return True, f"max |error| {metrics['max_abs']:.3g} <= {steps_tol:g} steps of {step:.3g}"
     if metrics["rel"] > rel_tol:
-        return False, f"relative error {metrics['rel']:.2%} > {rel_tol:.0%}"
+        return False, f"relative error {metrics['rel']:.2%} > {rel_tol:.2%}"
     peak = metrics["ref_max_abs"]
     if metrics["max_abs"] > peak_tol * peak:
         return False, f"max |error| {metrics['max_abs']:.3g} > {peak_tol:.0%} of the peak {peak:.3g}"
-    return True, f"relative error {metrics['rel']:.2%} <= {rel_tol:.0%}, max |error| within {peak_tol:.0%} of peak"
+    return True, f"relative error {metrics['rel']:.2%} <= {rel_tol:.2%}, max |error| within {peak_tol:.0%} of peak"
 
 
 def _check_inputs(session: ort.InferenceSession, inputs: Mapping[str, np.ndarray], what: str) -> None:
@@ -511,9 +514,19 @@ def htp_parity(
     rel_tol: float = PARITY_REL_TOL,
     steps_tol: float = PARITY_STEPS_TOL,
     peak_tol: float = PARITY_PEAK_TOL,
+    float_onnx: str | Path | None = None,
+    noise_factor: float = PARITY_NOISE_FACTOR,
 ) -> dict[str, Any]:
     """Run the compiled context binary on the host HTP simulator and the Q/DQ model on the CPU EP; compare
-    each output (see ``parity_verdict`` for the tolerance). ``target`` defaults to the one in compile.json."""
+    each output (see ``parity_verdict`` for the tolerance). ``target`` defaults to the one in compile.json.
+
+    ``float_onnx``: the float graph the Q/DQ model was made from (export's ``<component>.float.onnx``). With it,
+    each output's relative tolerance is ``max(rel_tol, noise_factor * q)``, ``q`` being the Q/DQ model's own
+    relative error against the float graph. The HTP requantizes every 8-bit activation with its own fixed-point
+    rounding, so in an A8 graph it draws quantization noise of the same size as the Q/DQ model's; an
+    ill-conditioned graph (a random-initialised tiny model whose last layer cancels most of its input)
+    amplifies both alike. A wrong computation (the naive Sana export: 29% against 0.7% of quantization error)
+    still fails."""
     ctx_onnx = Path(ctx_onnx)
     qdq_onnx = Path(qdq_onnx)
     ctx_model = load_model(ctx_onnx, what="compiled EPContext model", stage="compile")
@@ -539,18 +552,26 @@ def htp_parity(
     htp_out = htp.run(names, feed)
     htp_seconds = time.perf_counter() - started
     cpu_out = cpu.run(names, feed)
+    float_out = cpu_session(Path(float_onnx)).run(names, feed) if float_onnx is not None else [None] * len(names)
     steps = output_steps(qdq_model, qdq_onnx.parent)
     outputs: dict[str, Any] = {}
-    for name, a, b in zip(names, htp_out, cpu_out, strict=True):
+    for name, a, b, f in zip(names, htp_out, cpu_out, float_out, strict=True):
         metrics = compare_arrays(a, b, steps.get(name))
-        ok, why = parity_verdict(metrics, rel_tol=rel_tol, steps_tol=steps_tol, peak_tol=peak_tol)
-        outputs[name] = metrics | {"shape": list(np.shape(b)), "passed": ok, "why": why}
+        tol = rel_tol
+        if f is not None:
+            quant_rel = compare_arrays(b, f)["rel"]
+            metrics["quantization_rel"] = quant_rel
+            tol = max(rel_tol, noise_factor * quant_rel)
+        ok, why = parity_verdict(metrics, rel_tol=tol, steps_tol=steps_tol, peak_tol=peak_tol)
+        outputs[name] = metrics | {"rel_tol": tol, "shape": list(np.shape(b)), "passed": ok, "why": why}
     return {
         "ctx_onnx": str(ctx_onnx),
         "qdq_onnx": str(qdq_onnx),
         "target": target.alias,
         "soc_model": target.soc_model,
-        "tolerance": {"rel_tol": rel_tol, "steps_tol": steps_tol, "peak_tol": peak_tol},
+        "tolerance": {"rel_tol": rel_tol, "steps_tol": steps_tol, "peak_tol": peak_tol,
+                      "noise_factor": noise_factor if float_onnx is not None else None,
+                      "float_onnx": str(float_onnx) if float_onnx is not None else None},
         "outputs": outputs,
         "passed": all(o["passed"] for o in outputs.values()),
         # The simulator emulates the HTP on the host: its run time says nothing about the phone.

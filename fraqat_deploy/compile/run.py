@@ -43,15 +43,28 @@ def compile_run(run: Path, device: str, *, allow_cpu_fallback: bool = False, com
             records[name] = compile_cached(export_dir / info["onnx"], out, target,
                                            allow_cpu_fallback=allow_cpu_fallback, force=force)
             inputs = load_inputs(export_dir / info["inputs"])
+            float_onnx = export_dir / info["float_onnx"] if info.get("float_onnx") else None
             parity[name] = htp_parity(out / f"{Path(info['onnx']).stem}_ctx.onnx", export_dir / info["onnx"], inputs,
-                                      target=target)
+                                      target=target, float_onnx=float_onnx if float_onnx and float_onnx.is_file()
+                                      else None)
     except Exception:
         rd.update_stage(stage, "failed")
         raise
     write_json_atomic(out / "htp_parity.json", {
         "what": "compiled context binary on the host HTP simulator vs the Q/DQ model on ONNX Runtime's CPU provider",
+        "tolerance": "per output: within 2 output steps everywhere, or mean relative error <= max(2%, 2 x the Q/DQ "
+                     "model's own error against its float graph) with the largest error <= 10% of the output's peak",
         "components": parity,
     })
     failed = [n for n, p in parity.items() if not p["passed"]]
+    if failed:
+        worst = {n: max(o["rel"] for o in parity[n]["outputs"].values()) for n in failed}
+        rd.update_stage(stage, "failed", components=list(records), htp_parity_failed=failed,
+                        reason="HTP parity: " + ", ".join(f"{n} {r:.1%} rel" for n, r in worst.items()))
+        raise ConfigError(
+            "the simulated HTP departs from the CPU Q/DQ model for "
+            + ", ".join(f"{n} ({r:.1%} rel)" for n, r in worst.items()) + f" (see {out / 'htp_parity.json'})",
+            f"find where with `fraqat-deploy debug-htp --run {run} --component {failed[0]}`; the context binaries "
+            "are kept")
     rd.update_stage(stage, "done", components=list(records), htp_parity_failed=failed)
     return {"target": target.alias, "records": records, "parity": parity, "out": out, "failed": failed}

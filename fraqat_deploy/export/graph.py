@@ -53,6 +53,7 @@ def export_float(component: Component, path: Path) -> onnx.ModelProto:
                               "rerun with --debug for the exporter's report") from e
     model = program.model_proto
     _square_instead_of_pow(model)
+    _materialize_batch_broadcast(model)
     onnx.save(model, str(path))
     return model
 
@@ -68,6 +69,51 @@ def _square_instead_of_pow(model: onnx.ModelProto) -> None:
                 and float(inits[node.input[1]]) == 2.0:
             node.op_type = "Mul"
             node.input[1] = node.input[0]
+
+
+#: elementwise operators whose constant operand is materialized along the batch axis
+_BROADCAST_OPS = ("Add", "Sub", "Mul", "Div")
+
+
+def _materialize_batch_broadcast(model: onnx.ModelProto) -> None:
+    """A constant operand of an elementwise operator that broadcasts along the batch axis (``[1, ...]`` against a
+    batch of N) is stored at the full batch size.
+
+    Found on the host HTP simulator (QNN 2.51, soc 69): ``Add(x[2, T, C], pos_embed[1, T, C]) -> LayerNormalization``
+    computes the second batch element wrongly (37% off) while each operator alone, and the same graph with the
+    constant tiled to ``[2, T, C]``, is exact. The cost is N copies of such constants (position embeddings,
+    small biases)."""
+    from onnx import numpy_helper
+
+    inferred = onnx.shape_inference.infer_shapes(model)
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+              for v in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]}
+    inits = {i.name: i for i in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type not in _BROADCAST_OPS or len(node.input) != 2:
+            continue
+        out_shape = shapes.get(node.output[0])
+        if not out_shape or out_shape[0] <= 1:
+            continue
+        for k, name in enumerate(node.input):
+            init = inits.get(name)
+            if init is None or len(init.dims) != len(out_shape) or init.dims[0] != 1:
+                continue
+            value = numpy_helper.to_array(init)
+            tiled_name = f"{name}_x{out_shape[0]}"
+            if tiled_name not in inits:
+                tiled = numpy_helper.from_array(value.repeat(out_shape[0], axis=0), tiled_name)
+                model.graph.initializer.append(tiled)
+                inits[tiled_name] = tiled
+            node.input[k] = tiled_name
+    used = {name for node in model.graph.node for name in node.input} | {o.name for o in model.graph.output}
+    gone = {i.name for i in model.graph.initializer} - used
+    keep = [i for i in model.graph.initializer if i.name not in gone]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep)
+    infos = [v for v in model.graph.value_info if v.name not in gone]
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(infos)
 
 
 def _scopes(node: onnx.NodeProto) -> list[str]:
