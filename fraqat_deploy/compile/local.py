@@ -51,7 +51,7 @@ PARITY_STEPS_TOL = 2.0
 PARITY_PEAK_TOL = 0.10
 #: with the float graph at hand, the HTP may also differ from the CPU Q/DQ model by up to this many times the
 #: Q/DQ model's own quantization error (vs the float graph): see ``htp_parity``
-PARITY_NOISE_FACTOR = 2.0
+PARITY_NOISE_FACTOR = 2.5
 
 
 # ---------------------------------------------------------------- reading models
@@ -472,6 +472,7 @@ def parity_verdict(
     rel_tol: float = PARITY_REL_TOL,
     steps_tol: float = PARITY_STEPS_TOL,
     peak_tol: float = PARITY_PEAK_TOL,
+    max_abs_tol: float | None = None,
 ) -> tuple[bool, str]:
     """The HTP parity tolerance for one output.
 
@@ -489,9 +490,12 @@ def parity_verdict(
     if metrics["rel"] > rel_tol:
         return False, f"relative error {metrics['rel']:.2%} > {rel_tol:.2%}"
     peak = metrics["ref_max_abs"]
-    if metrics["max_abs"] > peak_tol * peak:
+    if metrics["max_abs"] > max(peak_tol * peak, max_abs_tol or 0.0):
+        if max_abs_tol:
+            return False, (f"max |error| {metrics['max_abs']:.3g} > {peak_tol:.0%} of the peak {peak:.3g} and > "
+                           f"{max_abs_tol:.3g} (the quantization's own largest error, times the noise factor)")
         return False, f"max |error| {metrics['max_abs']:.3g} > {peak_tol:.0%} of the peak {peak:.3g}"
-    return True, f"relative error {metrics['rel']:.2%} <= {rel_tol:.2%}, max |error| within {peak_tol:.0%} of peak"
+    return True, f"relative error {metrics['rel']:.2%} <= {rel_tol:.2%}, max |error| {metrics['max_abs']:.3g} in bound"
 
 
 def _check_inputs(session: ort.InferenceSession, inputs: Mapping[str, np.ndarray], what: str) -> None:
@@ -521,12 +525,15 @@ def htp_parity(
     each output (see ``parity_verdict`` for the tolerance). ``target`` defaults to the one in compile.json.
 
     ``float_onnx``: the float graph the Q/DQ model was made from (export's ``<component>.float.onnx``). With it,
-    each output's relative tolerance is ``max(rel_tol, noise_factor * q)``, ``q`` being the Q/DQ model's own
-    relative error against the float graph. The HTP requantizes every 8-bit activation with its own fixed-point
-    rounding, so in an A8 graph it draws quantization noise of the same size as the Q/DQ model's; an
+    each output's relative tolerance is ``max(rel_tol, noise_factor * q)``, ``q`` being the Q/DQ
+    model's own relative error against the float graph, and its largest error may reach ``noise_factor`` times the Q/DQ
+    model's own largest error (or ``peak_tol`` of the peak, whichever is larger). The HTP requantizes every 8-bit
+    activation with its own fixed-point rounding, so in an A8 graph it draws quantization noise of the same size
+    as the Q/DQ model's; an
     ill-conditioned graph (a random-initialised tiny model whose last layer cancels most of its input)
-    amplifies both alike. A wrong computation (the naive Sana export: 29% against 0.7% of quantization error)
-    still fails."""
+    amplifies both alike. A wrong computation still fails: the naive Sana export (29% against 0.7% of quantization
+    error), the LayerNorm broadcast trap on digits-Sana (21% against 7.5%). A subtler departure can hide in the
+    noise of a poorly trained model: ``first_divergence`` (debug-htp) compares every tensor."""
     ctx_onnx = Path(ctx_onnx)
     qdq_onnx = Path(qdq_onnx)
     ctx_model = load_model(ctx_onnx, what="compiled EPContext model", stage="compile")
@@ -557,12 +564,14 @@ def htp_parity(
     outputs: dict[str, Any] = {}
     for name, a, b, f in zip(names, htp_out, cpu_out, float_out, strict=True):
         metrics = compare_arrays(a, b, steps.get(name))
-        tol = rel_tol
+        tol, max_abs_tol = rel_tol, None
         if f is not None:
-            quant_rel = compare_arrays(b, f)["rel"]
-            metrics["quantization_rel"] = quant_rel
-            tol = max(rel_tol, noise_factor * quant_rel)
-        ok, why = parity_verdict(metrics, rel_tol=tol, steps_tol=steps_tol, peak_tol=peak_tol)
+            quantization = compare_arrays(b, f)
+            metrics["quantization_rel"] = quantization["rel"]
+            metrics["quantization_max_abs"] = quantization["max_abs"]
+            tol = max(rel_tol, noise_factor * quantization["rel"])
+            max_abs_tol = noise_factor * quantization["max_abs"]
+        ok, why = parity_verdict(metrics, rel_tol=tol, steps_tol=steps_tol, peak_tol=peak_tol, max_abs_tol=max_abs_tol)
         outputs[name] = metrics | {"rel_tol": tol, "shape": list(np.shape(b)), "passed": ok, "why": why}
     return {
         "ctx_onnx": str(ctx_onnx),

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from fraqat_deploy.compile.local import compile_cached, htp_parity
 from fraqat_deploy.errors import ConfigError, InputError
 from fraqat_deploy.export import load_inputs
@@ -18,6 +20,28 @@ def read_export(run: Path) -> dict[str, Any]:
     if not path.is_file():
         raise InputError(f"{run} has no export", f"export it first: fraqat-deploy export <model> --run {run}")
     return json.loads(path.read_text())
+
+
+#: how many of the exported calibration inputs HTP parity runs (the first is often the "" prompt, whose tokens
+#: are all alike and hide layout errors)
+PARITY_ROWS = 4
+
+
+def input_rows(path: Path, limit: int = PARITY_ROWS) -> list[dict[str, np.ndarray]]:
+    with np.load(path) as data:
+        indices = sorted({int(key.split("/", 1)[0]) for key in data.files if "/" in key})
+    return [load_inputs(path, i) for i in indices[:limit]] or [load_inputs(path)]
+
+
+def worst_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One parity record over several inputs: each output's worst row; passed only if every row passed."""
+    merged = dict(rows[0])
+    merged["outputs"] = {name: max((r["outputs"][name] for r in rows), key=lambda o: (not o["passed"], o["rel"]))
+                         for name in rows[0]["outputs"]}
+    merged["rows"] = len(rows)
+    merged["passed"] = all(r["passed"] for r in rows)
+    merged["simulator_seconds"] = round(sum(r["simulator_seconds"] for r in rows), 4)
+    return merged
 
 
 def compile_run(run: Path, device: str, *, allow_cpu_fallback: bool = False, components: list[str] | None = None,
@@ -42,18 +66,19 @@ def compile_run(run: Path, device: str, *, allow_cpu_fallback: bool = False, com
                 continue
             records[name] = compile_cached(export_dir / info["onnx"], out, target,
                                            allow_cpu_fallback=allow_cpu_fallback, force=force)
-            inputs = load_inputs(export_dir / info["inputs"])
             float_onnx = export_dir / info["float_onnx"] if info.get("float_onnx") else None
-            parity[name] = htp_parity(out / f"{Path(info['onnx']).stem}_ctx.onnx", export_dir / info["onnx"], inputs,
-                                      target=target, float_onnx=float_onnx if float_onnx and float_onnx.is_file()
-                                      else None)
+            rows = [htp_parity(out / f"{Path(info['onnx']).stem}_ctx.onnx", export_dir / info["onnx"], inputs,
+                               target=target, float_onnx=float_onnx if float_onnx and float_onnx.is_file() else None)
+                    for inputs in input_rows(export_dir / info["inputs"])]
+            parity[name] = worst_row(rows)
     except Exception:
         rd.update_stage(stage, "failed")
         raise
     write_json_atomic(out / "htp_parity.json", {
         "what": "compiled context binary on the host HTP simulator vs the Q/DQ model on ONNX Runtime's CPU provider",
-        "tolerance": "per output: within 2 output steps everywhere, or mean relative error <= max(2%, 2 x the Q/DQ "
-                     "model's own error against its float graph) with the largest error <= 10% of the output's peak",
+        "tolerance": "per output and input row: within 2 output steps everywhere, or mean relative error <= "
+                     "max(2%, 2.5 x the Q/DQ model's own error against its float graph) with the largest "
+                     "error <= max(10% of the output's peak, 2.5 x the Q/DQ model's own largest error)",
         "components": parity,
     })
     failed = [n for n, p in parity.items() if not p["passed"]]
