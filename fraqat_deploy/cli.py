@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from fraqat_deploy.errors import ConfigError, FraqatError
-from fraqat_deploy.ui import console, out
+from fraqat_deploy.ui import console, out, progress
 
 app = typer.Typer(
     name="fraqat-deploy",
@@ -213,6 +213,95 @@ def compile_cmd(
                       f"{rel:.2%} rel", "ok" if par["passed"] else "OVER TOLERANCE", "yes" if rec["cached"] else "no")
     out.print(table)
     out.print(f"written: {result['out']}  (compile.json, htp_parity.json, <component>_ctx.onnx + .bin)")
+
+
+def _device_link(device: str, run: Path, target: str | None):
+    """``sim`` -> the HTP simulator; anything else -> a phone over adb (a serial or a target alias)."""
+    from fraqat_deploy.device.link import SimulatorLink
+
+    if device == "sim":
+        from fraqat_deploy.targets import get_target
+
+        return SimulatorLink(run / "bench" / "sim" / ".device", target=get_target(target or "s25u").alias)
+    from fraqat_deploy.device.adb import AdbLink, select_device
+
+    return AdbLink(select_device(device), target=target)
+
+
+@app.command("bench")
+@_friendly
+def bench_cmd(
+    model: Annotated[str, typer.Argument(help="Model adapter (digits, tiny-gemma, ...).")],
+    run: Annotated[Path, typer.Option(help="A compiled run.")],
+    device: Annotated[str, typer.Option(help="'sim' (host HTP simulator), a phone serial, or a target alias (s25u).")]
+    = "sim",
+    prompt: Annotated[Optional[list[str]], typer.Option(help="Prompt (repeat for several).")] = None,
+    runs: Annotated[int, typer.Option(help="Measured runs (each generates every prompt).")] = 5,
+    warmup: Annotated[int, typer.Option(help="Warm-up runs, left out of the statistics.")] = 1,
+    seed: Annotated[int, typer.Option(help="Seed of the initial noise.")] = 0,
+    steps: Annotated[Optional[int], typer.Option(help="Sampling steps (default: the model's).")] = None,
+    max_new_tokens: Annotated[Optional[int], typer.Option(help="Tokens to generate (text models).")] = None,
+    target: Annotated[Optional[str], typer.Option(help="Compile target whose binaries to run (default: the phone's; "
+                                                       "s25u for sim).")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the result.")] = 1800.0,
+    cooldown: Annotated[bool, typer.Option(help="Wait until the phone's thermal status is back to 0.")] = False,
+    apk: Annotated[Optional[Path], typer.Option(help="Install this app build first.")] = None,
+) -> None:
+    """Run the compiled model on a phone (over adb) or on the host HTP simulator; latency, memory and outputs."""
+    from fraqat_deploy.bench import bench
+    from fraqat_deploy.train.load import load_trained
+
+    load_trained(run, model)  # the run holds this model (one-line error otherwise)
+    link = _device_link(device, run, target)
+    prompts = list(prompt or [])
+    if not prompts:
+        raise ConfigError("no prompt given", 'pass --prompt "a handwritten digit four"')
+    with progress() as bar:
+        task = bar.add_task("bench", total=None, info=f"{link.label}")
+
+        def on_event(kind: str, data: dict) -> None:
+            if kind == "push":
+                bar.update(task, description="push", total=data["files"], completed=0)
+            elif kind == "pushed":
+                bar.advance(task)
+            elif kind == "start":
+                bar.update(task, description="run", total=None, completed=0, info=f"id {data['id']}")
+            elif kind == "status":
+                bar.update(task, description=data.get("state", "run"), total=data.get("total") or None,
+                           completed=data.get("done", 0), info=data.get("message", ""))
+            elif kind == "cooldown":
+                bar.update(task, description="cooling down", info=f"thermal status {data['thermal']}")
+
+        result = bench(run, link, prompts=prompts, seed=seed, runs=runs, warmup=warmup, steps=steps,
+                       max_new_tokens=max_new_tokens, timeout_s=timeout, cooldown=cooldown, apk=apk,
+                       on_event=on_event)
+    _bench_table(result.result, link.label)
+    out.print(f"written: {result.out / 'result.json'}  ({len(result.pushed)} file(s) pushed, "
+              f"{len(result.skipped)} already on the device)")
+
+
+def _bench_table(result: dict, label: str) -> None:
+    device = result["device"]
+    simulated = device["runtime"] == "htp-simulator"
+    title = f"{device['manufacturer']} {device['model']} ({label})" + (
+        " - SIMULATOR timings, not phone latency" if simulated else "")
+    table = Table(title=title)
+    for col in ("component", "runtime", "n", "latency p50 ms", "mean ms", "min-max ms", "peak memory MB",
+                "compute unit"):
+        table.add_column(col)
+    mem = result["memory_mb"].get("peak_pss") or result["memory_mb"].get("peak_rss")
+    rows = list(result["timings_ms"]["components"].items())
+    if result["timings_ms"].get("end_to_end"):
+        rows.append(("end to end", result["timings_ms"]["end_to_end"]))
+    unit = "HTP (simulated)" if simulated else "NPU (HTP)"
+    for name, st in rows:
+        table.add_row(name, device["runtime"], str(st["n"]), f"{st['p50']:.2f}", f"{st['mean']:.2f}",
+                      f"{st['min']:.2f}-{st['max']:.2f}", f"{mem:.0f}" if mem else "-", unit)
+    out.print(table)
+    for o in result["outputs"]:
+        shown = o.get("image") or repr(o.get("text", ""))
+        extra = f"  {o['tokens_per_second']:.1f} tokens/s" if "tokens_per_second" in o else ""
+        out.print(f"  '{o['prompt']}' seed {o['seed']}: {shown}{extra}", markup=False)
 
 
 @app.command("debug-htp")

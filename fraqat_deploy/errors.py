@@ -24,3 +24,7 @@ class ConfigError(FraqatError):
 
 class InputError(FraqatError):
     """A missing or unreadable input: path, checkpoint, data file."""
+
+
+class DeviceError(FraqatError):
+    """No phone, the wrong phone, a phone that went away, an app that crashed or ran out of room."""

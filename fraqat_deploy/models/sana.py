@@ -37,7 +37,7 @@ from fraqat_deploy.models.sampler import (
 from fraqat_deploy.models.sampler import (
     generate as generate_images,
 )
-from fraqat_deploy.models.sana_graphs import sana_components
+from fraqat_deploy.models.sana_graphs import sana_bench_inputs, sana_components
 from fraqat_deploy.models.tokenizers import BOS_ID, EOS_ID, NUMBER_WORDS, PAD_ID, build_caption_tokenizer
 
 HUB_EXAMPLE = "Efficient-Large-Model/Sana_600M_1024px_diffusers"
@@ -341,6 +341,9 @@ class SanaAdapter(ModelAdapter):
                    seed: int = 0) -> list[Component]:
         return sana_components(model, student if student is not None else model.student, list(DEFAULT_PROMPTS),
                                n_calibration=n_calibration, seed=seed)
+
+    def bench_inputs(self, model: LoadedModel, prompts: list[str], *, seed: int = 0, **options: Any):
+        return sana_bench_inputs(model, prompts, seed=seed, steps=options.get("steps"))
 
     def generate(self, model: LoadedModel, prompts: list[str], *, seed: int = 0,
                  student: nn.Module | None = None, **options: Any) -> torch.Tensor:

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import torch
 from torch import nn
 
 from fraqat_deploy.models.base import Component, LoadedModel
-from fraqat_deploy.models.sampler import PromptEmbeds, encode_prompts, euler_sample, sampling_noise
+from fraqat_deploy.models.sampler import (
+    NUM_TRAIN_TIMESTEPS,
+    PromptEmbeds,
+    encode_prompts,
+    euler_sample,
+    sampling_noise,
+)
 
 #: the additive bias of masked prompt tokens. diffusers uses -10000, which stretches the attention scores'
 #: range so far that 16 bits no longer resolve them; exp(-64) ~ 1.6e-28 gives the masked tokens the same zero weight
@@ -129,3 +136,31 @@ def sana_components(model: LoadedModel, student: nn.Module, prompts: list[str], 
                   ["velocity"], transformer_inputs, holds_student=True),
         Component("vae_decoder", VaeDecoderGraph(parts["vae"]), ["latent"], ["image"], latents),
     ]
+
+
+@torch.no_grad()
+def sana_bench_inputs(model: LoadedModel, prompts: list[str], *, seed: int, steps: int | None = None
+                      ) -> tuple[dict, list[dict[str, np.ndarray]]]:
+    """What the app needs to draw ``prompts`` with the compiled graphs: the pipeline settings (``device/pipeline.py``)
+    and, per prompt, its tokens, the "" prompt's tokens and the initial noise of ``seed`` — the same noise
+    ``generate(model, [prompt], seed=seed)`` starts from, so phone and PyTorch images pair up."""
+    parts = model.parts
+    proj = model.student.time_embed.emb.time_proj if not isinstance(model.student, TransformerGraph) \
+        else model.student.time_proj
+    pipeline = {
+        "kind": "sana", "steps": int(steps or parts["steps"]), "guidance": float(parts["guidance"]),
+        "flow_shift": float(parts["flow_shift"]), "timestep_scale": float(parts.get("timestep_scale", 1.0)),
+        "num_train_timesteps": NUM_TRAIN_TIMESTEPS,
+        "time_proj": {"channels": int(proj.num_channels), "flip_sin_to_cos": bool(proj.flip_sin_to_cos),
+                      "downscale_freq_shift": float(proj.downscale_freq_shift), "max_period": 10000.0,
+                      "scale": float(proj.scale)},
+        "latent_shape": [int(s) for s in parts["latent_shape"]],
+    }
+    empty_ids, empty_mask = _tokens(model, [""])
+    rows = []
+    for prompt in prompts:
+        ids, mask = _tokens(model, [prompt])
+        noise = sampling_noise(1, parts["latent_shape"], torch.Generator().manual_seed(seed))
+        rows.append({"input_ids": ids.numpy(), "attention_mask": mask.numpy(), "uncond_input_ids": empty_ids.numpy(),
+                     "uncond_attention_mask": empty_mask.numpy(), "noise": noise.numpy()})
+    return pipeline, rows
