@@ -89,6 +89,7 @@ class Engine:
         self.opener = opener
         self.request: dict[str, Any] = {}
         self.request_id = self.out_dir.name
+        self.resolution: list[int] | None = None
 
     # -- status and result ----------------------------------------------------------------------------------
 
@@ -100,7 +101,6 @@ class Engine:
     def _result(self, **fields: Any) -> dict[str, Any]:
         config = self.request.get("config", {})
         pipeline = self.request.get("pipeline", {})
-        latent = pipeline.get("latent_shape")
         return {
             "schema_version": SCHEMA_VERSION, "request_id": self.request_id, "status": "ok", "error": None,
             "device": self.device,
@@ -108,8 +108,7 @@ class Engine:
                       "components": {name: {"sha256": c["files"][0]["sha256"] if c.get("files") else ""}
                                      for name, c in self.request.get("model", {}).get("components", {}).items()}},
             "config": {"warmup": int(config.get("warmup", 0)), "runs": int(config.get("runs", 1)),
-                       "steps": pipeline.get("steps"), "resolution": fields.pop("resolution", None) or (
-                           None if latent is None else None),
+                       "steps": pipeline.get("steps"), "resolution": self.resolution,
                        "performance_mode": config.get("performance_mode"),
                        "prompts": len(self.request.get("prompts", []))},
             "timings_ms": {"init": None, "first_inference": None, "components": {}, "end_to_end": None},
@@ -234,6 +233,7 @@ class Engine:
         kind = pipeline["kind"]
         if kind == "sana":
             image = pipe.sana_generate(run, pipeline, tensors, timed)
+            self.resolution = [int(image.shape[1]), int(image.shape[2])]
             if not last:
                 return None
             images = self.out_dir / "images"
