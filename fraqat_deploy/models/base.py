@@ -56,7 +56,8 @@ class Component:
 
     ``module(*inputs)`` returns one tensor or a tuple, in ``output_names`` order. ``calibration`` holds input
     tuples (the first is the sample) that export uses for encodings the training did not set.
-    ``holds_student`` marks the component built around the trained, quantized student.
+    ``holds_student`` marks the component built around the trained, quantized student. ``info`` is what the host
+    needs to know to drive the graph beyond its names and shapes (JSON-able; written to the export manifest).
     """
 
     name: str
@@ -65,6 +66,7 @@ class Component:
     output_names: list[str]
     calibration: list[tuple[torch.Tensor, ...]]
     holds_student: bool = False
+    info: dict[str, Any] = field(default_factory=dict)
 
     @property
     def sample(self) -> tuple[torch.Tensor, ...]:
@@ -145,7 +147,7 @@ class ModelAdapter(ABC):
                    seed: int = 0) -> list[Component]:
         """The graphs deployed to the device, with ``student`` (default: ``model.student``) in place."""
         raise ConfigError(f"the '{self.name}' model cannot be exported yet",
-                          "export is implemented for the Sana family (sana, digits)")
+                          "export is implemented for the Sana (sana, digits) and Gemma-2 (gemma, tiny-gemma) families")
 
     def generate(self, model: LoadedModel, prompts: list[str], *, seed: int = 0,
                  student: nn.Module | None = None, **options: Any) -> torch.Tensor | list[str]:

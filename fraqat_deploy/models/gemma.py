@@ -15,6 +15,7 @@ from transformers import AutoTokenizer, Gemma2Config, Gemma2ForCausalLM
 
 from fraqat_deploy.errors import ConfigError, InputError
 from fraqat_deploy.models.base import (
+    Component,
     DistillData,
     LoadedModel,
     ModelAdapter,
@@ -25,6 +26,7 @@ from fraqat_deploy.models.base import (
     split_rows,
     write_settings,
 )
+from fraqat_deploy.models.gemma_graphs import default_context, gemma_components, graph_spec
 from fraqat_deploy.models.tokenizers import BOS_ID, EOS_ID, PAD_ID, build_byte_tokenizer
 
 HUB_EXAMPLE = "google/gemma-2-2b-it"
@@ -157,6 +159,26 @@ class GemmaAdapter(ModelAdapter):
                 )
         tensors = {"input_ids": rows, "attention_mask": torch.ones_like(rows)}
         return split_rows(tensors, n_train, n_val, seed, f"{seq_len}-token rows of {origin}")
+
+    # -- deployment ----------------------------------------------------------------------------------------
+
+    def components(self, model: LoadedModel, student: nn.Module | None = None, *, n_calibration: int = 8,
+                   seed: int = 0) -> list[Component]:
+        """``prefill`` and ``decode`` graphs with an explicit KV cache (see ``gemma_graphs``), at the model's
+        distillation length as context; calibrated on the full-precision model's greedy runs of text prompts."""
+        spec = graph_spec(model.student, context=default_context(model))
+        prompts = self.calibration_rows(model, n_calibration, spec.prompt_length, seed)
+        return gemma_components(model, student if student is not None else model.student, prompts,
+                                n_calibration=n_calibration, context=spec.context)
+
+    def calibration_rows(self, model: LoadedModel, n: int, length: int, seed: int) -> torch.Tensor:
+        """``n`` token rows of ``length`` to start calibration prompts from: the default distillation text."""
+        rows, _ = _stdlib_rows(model.parts["tokenizer"], length, POOL_FACTOR * n)
+        if rows.shape[0] < n:
+            raise ConfigError(f"the standard library gives only {rows.shape[0]} prompts of {length} tokens, not {n}",
+                              "ask for fewer calibration examples")
+        chosen = torch.randperm(rows.shape[0], generator=torch.Generator().manual_seed(seed))[:n]
+        return rows[chosen]
 
     # -- forward -------------------------------------------------------------------------------------------
 

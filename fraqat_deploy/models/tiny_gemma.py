@@ -163,6 +163,10 @@ class TinyGemmaAdapter(BuiltinModel, GemmaAdapter):
         """A plain Gemma-2 folder, so both the ``gemma`` and the ``tiny-gemma`` adapters load it."""
         GemmaAdapter().save_pretrained(model, folder)
 
+    def calibration_rows(self, model: LoadedModel, n: int, length: int, seed: int) -> torch.Tensor:
+        """Export calibration prompts from the held-out files (text the training never saw)."""
+        return heldout_rows(model, n, seq_len=length, seed=seed)
+
     def distill_data(
         self, model: LoadedModel, data: Path | None, *, n_train: int, n_val: int, seed: int
     ) -> DistillData:
