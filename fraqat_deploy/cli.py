@@ -228,6 +228,45 @@ def _device_link(device: str, run: Path, target: str | None):
     return AdbLink(select_device(device), target=target)
 
 
+@app.command("devices")
+@_friendly
+def devices_cmd() -> None:
+    """Every adb device: serial, model, SoC, Android, state, free storage and the app's version."""
+    from fraqat_deploy.device.adb import NO_PHONE_FIX, list_phones
+
+    phones = list_phones()
+    table = Table(title="adb devices (plus 'sim': the host HTP simulator, always available)")
+    for col in ("serial", "model", "SoC", "target", "Android", "state", "free MB", "app"):
+        table.add_column(col)
+    for p in phones:
+        state = p.state if not p.fix else f"{p.state} - {p.fix}"
+        table.add_row(p.serial, p.model or "-", p.soc or "-", p.target or "-",
+                      f"{p.android} (SDK {p.sdk})" if p.android else "-", state,
+                      f"{p.free_mb:,.0f}" if p.free_mb is not None else "-",
+                      p.app_version or ("not installed" if p.state == "device" else "-"))
+    out.print(table)
+    if not phones:
+        out.print(f"no phone: {NO_PHONE_FIX}; `--device sim` runs on the host HTP simulator")
+
+
+app_group = typer.Typer(help="The Android demo app on a phone.", no_args_is_help=True)
+app.add_typer(app_group, name="app")
+
+
+@app_group.command("install")
+@_friendly
+def app_install(
+    apk: Annotated[Path, typer.Option(help="The APK built from android_app/ (./gradlew assembleDebug).")],
+    device: Annotated[str, typer.Option(help="A phone serial or target alias.")] = "s25u",
+) -> None:
+    """Install (or update) the fraqat-deploy app on a phone."""
+    from fraqat_deploy.device.adb import app_version, install, select_device
+
+    phone = select_device(device)
+    install(phone, apk)
+    out.print(f"installed {apk.name} on {phone.serial} (version {app_version(phone) or 'unknown'})")
+
+
 @app.command("bench")
 @_friendly
 def bench_cmd(
@@ -251,11 +290,11 @@ def bench_cmd(
     from fraqat_deploy.bench import bench
     from fraqat_deploy.train.load import load_trained
 
-    load_trained(run, model)  # the run holds this model (one-line error otherwise)
-    link = _device_link(device, run, target)
     prompts = list(prompt or [])
     if not prompts:
         raise ConfigError("no prompt given", 'pass --prompt "a handwritten digit four"')
+    link = _device_link(device, run, target)
+    load_trained(run, model)  # the run holds this model (one-line error otherwise)
     with progress() as bar:
         task = bar.add_task("bench", total=None, info=f"{link.label}")
 

@@ -214,3 +214,24 @@ def test_compile_for_s25u_all_on_the_htp_and_greedy_on_the_simulator(run: Path):
         on_cpu = greedy_decode(cpu, spec, ids, max_new_tokens=6)
         on_htp = greedy_decode(htp, spec, ids, max_new_tokens=6)
         assert len(on_cpu) == len(on_htp) == 6 and on_cpu[0] == on_htp[0], prompt
+
+
+def test_bench_on_the_simulator(run: Path):
+    """bench --device sim on the compiled tiny-Gemma: the host keeps the cache, the simulated HTP runs both graphs;
+    the text comes back decoded, with tokens per second (simulator figures)."""
+    pytest.importorskip("onnxruntime_qnn")
+    from fraqat_deploy.device.protocol import validate
+
+    if not (run / "compile" / "s25u" / "compile.json").is_file():
+        assert runner.invoke(app, ["compile", "tiny-gemma", "--run", str(run), "--device", "s25u"]).exit_code == 0
+    result = runner.invoke(app, ["bench", "tiny-gemma", "--run", str(run), "--device", "sim", "--runs", "2",
+                                 "--warmup", "1", "--max-new-tokens", "5", "--prompt", "def main("])
+    assert result.exit_code == 0, result.output
+    stage = json.loads((run / "run.json").read_text())["stages"]["bench/sim"]
+    data = json.loads((run / "bench" / "sim" / stage["id"] / "result.json").read_text())
+    validate("result", data)
+    (output,) = data["outputs"]
+    assert output["text"].startswith("def main(") and 1 <= len(output["tokens"]) <= 5
+    assert output["tokens_per_second"] > 0
+    timings = data["timings_ms"]["components"]
+    assert timings["prefill"]["n"] == 2 and timings["decode"]["n"] == 2 * (len(output["tokens"]) - 1)

@@ -241,10 +241,10 @@ class Engine:
             pipe.image_to_png(image, images / f"{index}.png")
             return {"prompt": prompt["text"], "seed": prompt["seed"], "image": f"images/{index}.png"}
         if kind == "gemma":
-            tokens, text, seconds = pipe.gemma_generate(run, pipeline, tensors, timed)
+            tokens, seconds = pipe.gemma_generate(run, pipeline, tensors, timed)
             if not last:
                 return None
-            return {"prompt": prompt["text"], "seed": prompt["seed"], "text": text, "tokens": tokens,
+            return {"prompt": prompt["text"], "seed": prompt["seed"], "tokens": tokens,
                     "tokens_per_second": len(tokens) / seconds if seconds > 0 else 0.0}
         raise BenchError("invalid_request", f"unknown pipeline kind '{kind}'")
 

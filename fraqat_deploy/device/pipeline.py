@@ -104,3 +104,25 @@ def image_to_png(image: np.ndarray, path) -> None:
 
     array = (np.clip(image, 0, 1).transpose(1, 2, 0) * 255).round().astype(np.uint8)
     Image.fromarray(array).save(path)
+
+
+def gemma_generate(run: Run, pipeline: Mapping[str, Any], tensors: Mapping[str, np.ndarray], timed: Timed
+                   ) -> tuple[list[int], float]:
+    """Greedy continuation of ``tensors["prompt_ids"]`` [1, L] through the prefill and decode graphs (the host
+    keeps the KV cache: ``models/gemma_graphs.py``). Returns the new token ids and the seconds it took, prefill
+    included (tokens per second = tokens / seconds, end to end)."""
+    from fraqat_deploy.models.gemma_graphs import GemmaGraphSpec, greedy_decode
+
+    fields = dict(pipeline["spec"])
+    fields.pop("cache_layout", None)
+    fields["sliding_layers"] = tuple(fields.get("sliding_layers", ()))
+    spec = GemmaGraphSpec(**fields)
+    outputs = spec.outputs()
+
+    def runner(component: str, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(zip(outputs, timed.call(run, component, feed), strict=True))
+
+    started = time.perf_counter()
+    tokens = greedy_decode(runner, spec, [int(t) for t in np.asarray(tensors["prompt_ids"]).ravel()],
+                           max_new_tokens=int(pipeline["max_new_tokens"]), eos_id=pipeline.get("eos_token_id"))
+    return tokens, time.perf_counter() - started

@@ -9,6 +9,7 @@ import sysconfig
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from transformers import AutoTokenizer, Gemma2Config, Gemma2ForCausalLM
@@ -202,6 +203,24 @@ class GemmaAdapter(ModelAdapter):
                 ids = torch.cat([ids, nxt], dim=1)
             texts.append(prompt + tokenizer.decode(ids[0, start:].tolist(), skip_special_tokens=True))
         return texts
+
+    def bench_inputs(self, model: LoadedModel, prompts: list[str], *, seed: int = 0, max_new_tokens: int = 32,
+                     **options: Any):
+        """The decode settings (the exported graphs' shapes at the default context) and each prompt's token ids
+        (``seed`` is recorded only: greedy decoding is deterministic)."""
+        tokenizer = model.parts["tokenizer"]
+        spec = graph_spec(model.student, context=default_context(model),
+                          pad_id=int(getattr(tokenizer, "pad_token_id", None) or 0))
+        pipeline = {"kind": "gemma", "max_new_tokens": int(max_new_tokens), "context": spec.context,
+                    "eos_token_id": getattr(tokenizer, "eos_token_id", None), "spec": spec.to_dict()}
+        rows = []
+        for prompt in prompts:
+            ids = tokenizer(prompt)["input_ids"]
+            if len(ids) >= spec.context:
+                raise ConfigError(f"the prompt has {len(ids)} tokens; the exported context holds {spec.context}",
+                                  "shorten the prompt")
+            rows.append({"prompt_ids": np.asarray([ids], dtype=np.int64)})
+        return pipeline, rows
 
     def forward(self, student: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return student(
