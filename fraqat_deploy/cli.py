@@ -11,6 +11,7 @@ import typer
 from rich.table import Table
 
 from fraqat_deploy.errors import ConfigError, FraqatError
+from fraqat_deploy.quant.schedule import ScheduleError
 from fraqat_deploy.ui import console, out, progress
 
 app = typer.Typer(
@@ -35,6 +36,12 @@ def _friendly(fn):
                 raise
             console.print(f"[bold red]error:[/] {e.one_line()}", soft_wrap=True)
             raise typer.Exit(e.exit_code) from None
+        except ScheduleError as e:  # quant/ imports nothing of ours: its errors are plain ValueErrors
+            if _state["debug"]:
+                raise
+            console.print(f"[bold red]error:[/] {e}. Fix: see `fraqat-deploy schedules` for the forms and stage counts",
+                          soft_wrap=True)
+            raise typer.Exit(2) from None
         except KeyboardInterrupt:
             console.print("[bold red]interrupted[/]: what was written so far is kept; --resume continues")
             raise typer.Exit(130) from None

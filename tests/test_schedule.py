@@ -69,3 +69,14 @@ def test_bad_schedules_show_the_accepted_form(text, fragment):
 def test_too_few_steps():
     with pytest.raises(ScheduleError, match="at least 9 steps"):
         parse_schedule("fractional").steps_per_stage(5)
+
+
+def test_too_few_steps_for_the_schedule_is_a_one_line_cli_error(tmp_path):
+    from typer.testing import CliRunner
+
+    from fraqat_deploy.cli import app
+
+    result = CliRunner().invoke(app, ["train", "digits", "--schedule", "fractional", "--steps", "8", "--out",
+                                      str(tmp_path / "r")])
+    assert result.exit_code == 2 and "needs at least 9 steps" in result.output
+    assert "Traceback" not in result.output
