@@ -1,0 +1,7 @@
+"""Shared pytest configuration: the virtual phone's fixtures (``adb_server``, ``virtual_phone``).
+
+``tests/`` is not a package, so pytest puts this folder on ``sys.path`` and the double imports as
+``virtual_phone``.
+"""
+
+pytest_plugins = ["virtual_phone.fixtures"]
