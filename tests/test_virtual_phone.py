@@ -201,7 +201,7 @@ def test_disconnect_on_demand_while_app_runs(virtual_phone, adb_server):
     worker.join(10)
     assert not worker.is_alive()
     assert isinstance(outcome[0], EOFError)
-    adb_server.wait_state(phone.serial, "offline", timeout=5) if adb_server.state(phone.serial) else None
+    adb_server.wait_state(phone.serial, "offline")  # the adb server retries, but the phone refuses
     phone.reconnect()
     assert _pidof(_device(phone.serial)) == pid  # a pulled cable does not kill the app
 
@@ -319,6 +319,8 @@ def test_install_apk_and_package_queries(virtual_phone, adb_server, tmp_path):
     path = _sh(device, f"pm path {PKG}").stdout
     assert re.fullmatch(rf"package:/data/app/~~[\w-]+==/{PKG}-[\w-]+==/base\.apk\n", path)
     assert "versionName=0.7.0" in _sh(device, f"dumpsys package {PKG}").stdout
+    info = device.app_info(PKG)
+    assert (info.version_name, info.version_code) == ("0.7.0", 7)
     device.sync.push(apk, "/data/local/tmp/again.apk")
     assert _sh(device, "pm install -r -t /data/local/tmp/again.apk").stdout == "Success\n"
     assert phone.installed_apks == [(PKG, hashlib.sha256(apk.read_bytes()).hexdigest())] * 2

@@ -77,7 +77,7 @@ class Logcat:
             self.records.clear()
 
     def text(self, pid: int | None = None) -> str:
-        from .android import format_record
+        from .logcat import format_record
 
         with self.cond:
             return "".join(format_record(r, "threadtime") for r in self.records if pid in (None, r.pid))

@@ -154,7 +154,10 @@ def dump_package(sh: Shell, name: str, io: IO) -> int:
            f"    resourcePath={pkg.code_path}\n    primaryCpuAbi=arm64-v8a\n    secondaryCpuAbi=null\n"
            f"    versionCode={pkg.version_code} minSdk=31 targetSdk=35\n    minExtensionVersions=[]\n"
            f"    versionName={pkg.version_name}\n    apkSigningVersion=2\n"
-           "    flags=[ HAS_CODE ALLOW_CLEAR_USER_DATA ]\n"
+           f"    signatures=PackageSignatures{{{_tag(name + 's')} version:2, signatures:[{_tag(name)[:8]}], "
+           "past signatures:[]}\n"
+           "    flags=[ HAS_CODE ALLOW_CLEAR_USER_DATA ALLOW_BACKUP ]\n"
+           "    pkgFlags=[ HAS_CODE ALLOW_CLEAR_USER_DATA ALLOW_BACKUP ]\n"
            f"    timeStamp={stamp}\n    firstInstallTime={stamp}\n    lastUpdateTime={stamp}\n"
            f"    installerPackageName=null\n    User 0: ceDataInode=0 installed=true hidden=false suspended=false "
            f"distractionFlags=0 stopped=false notLaunched=false enabled=0 instant=false virtual=false\n")

@@ -58,10 +58,14 @@ class Sandbox:
         """The host path of a device path; PermissionError if it would lead outside the sandbox."""
         norm = self.normalize(path, cwd)
         host = self.root.joinpath(*[part for part in norm.split("/") if part])
-        real = os.path.realpath(host)
-        if real != str(self.root) and not real.startswith(str(self.root) + os.sep):
+        if not self.inside(host):
             raise fs_error(errno.EACCES, path)
         return host
+
+    def inside(self, host: Path) -> bool:
+        """Does ``host``, with every symlink resolved, lie in the sandbox?"""
+        real = os.path.realpath(host)
+        return real == str(self.root) or real.startswith(str(self.root) + os.sep)
 
     def device_path(self, host: Path) -> str:
         rel = Path(os.path.realpath(host)).relative_to(self.root)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+SH = "/system/bin/sh"  # how the device's shell names itself in messages
 KEYWORDS = {"if", "then", "elif", "else", "fi", "for", "in", "do", "done", "while", "until", "{", "}", "!", "case",
             "esac"}
 OPERATORS = ("&&", "||", ";;", ">>", ">&", "<&", ">|", "<<", "&>", ";", "&", "|", "(", ")", "<", ">")

@@ -91,7 +91,7 @@ def _list(phone: VirtualPhone, stream: Stream, v2: bool, path: str) -> None:
     try:
         host = phone.fs.host(path)
         if host.is_dir():
-            entries = [(".", os.stat(host)), ("..", os.stat(host.parent))]
+            entries = [(".", os.stat(host)), ("..", os.stat(host if host == phone.fs.root else host.parent))]
             entries += [(entry.name, entry.stat(follow_symlinks=False)) for entry in sorted(os.scandir(host),
                                                                                            key=lambda e: e.name)]
     except OSError:
