@@ -231,6 +231,11 @@ def test_hostile_commands_stay_in_the_sandbox(virtual_phone, tmp_path):
     assert phone.host_path("/sdcard/Download/keep.txt").read_text() == "keep"
     assert set(result.stdout.split()) == {"data", "dev", "proc", "sdcard", "storage", "system", "vendor"}
     assert _sh(device, "rm -rf /sdcard/*; ls /sdcard").stdout == ""  # the shell user may empty its own storage
+    phone.host_path("/sdcard/link").symlink_to(outside)  # planted on the host side: still no way out
+    assert "Permission denied" in _sh(device, "cat /sdcard/link").stderr
+    with pytest.raises(AdbError):
+        device.sync.read_bytes("/sdcard/link")
+    assert _sh(device, "rm /sdcard/link").returncode == 1 and outside.exists()
 
 
 # ---- apps
@@ -281,6 +286,24 @@ def test_pidof_logcat_meminfo_and_force_stop(virtual_phone):
     assert phone.wait_for_app(PKG).crash is None
     assert _sh(device, f"cat /proc/{pid}/status").returncode == 1
     assert _sh(device, f"dumpsys meminfo {PKG}").stdout == f"No process found for: {PKG}\n"
+
+
+def test_logcat_follows_until_the_host_closes(virtual_phone):
+    phone = virtual_phone(apps={PKG: "1.0"})
+    phone.register_app(PKG, _waiting_app)
+    device = _device(phone.serial)
+    command = "logcat -v brief -s BenchmarkActivity:I"
+    stream = device.shell(command, stream=True)
+    stream.conn.settimeout(5)
+    _sh(device, f"am start -n {ACTIVITY} --es request /sdcard/live.json")
+    received = b""
+    while b"\n" not in received:
+        received += stream.conn.recv(4096)
+    assert received.decode() == f"I/BenchmarkActivity({phone.pidof(PKG):5d}): benchmark started: /sdcard/live.json\n"
+    service = f"vphone-{phone.port}-shell:{command}"
+    assert service in {t.name for t in threading.enumerate()}
+    stream.close()
+    _poll(lambda: service not in {t.name for t in threading.enumerate()})  # the device side stopped following
 
 
 def test_crash_becomes_fatal_exception_and_the_process_disappears(virtual_phone):

@@ -159,6 +159,7 @@ class Shell(Expansions):
         self.cwd = "/"
         self.status = 0
         self.errexit = False
+        self.exited = False  # ``exit`` ran: an interactive session ends
         self.stderr: Out = NullOut()
         self.pid = phone.new_pid()
 
@@ -177,6 +178,7 @@ class Shell(Expansions):
             io.err(f"{SH}: {exc}\n")
             return 1 if "syntax" in str(exc) else 2
         except ShellExit as done:
+            self.exited = True
             return done.code & 0xFF
         except _Return as ret:
             return ret.code

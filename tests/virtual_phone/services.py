@@ -62,7 +62,7 @@ def serve_shell(phone: VirtualPhone, stream: Stream, command: str, v2: bool) -> 
             status = shell.run(command, io)
         else:
             status = 0
-            while line := io.stdin.readline():
+            while not shell.exited and (line := io.stdin.readline()):
                 status = shell.run(line.decode("utf-8", "surrogateescape"), io)
     except Cancelled:
         return

@@ -251,4 +251,4 @@ class Connection:
             finally:
                 stream.close()
 
-        threading.Thread(target=serve, name=f"vphone-{self.phone.port}-{name[:20]}", daemon=True).start()
+        threading.Thread(target=serve, name=f"vphone-{self.phone.port}-{name}", daemon=True).start()
