@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Compile the app's plain-Kotlin core and its tests with kotlinc (one invocation) and run the tests on the JVM.
+#
+#   android_app/core/build-and-test.sh [--out DIR] [--only NAME]
+#
+# The Kotlin compiler comes from the npm registry (package kotlin-compiler, pinned below) and is installed once into
+# $FRAQAT_KOTLIN_HOME (default ~/.cache/fraqat-kotlin). Needs a JDK (17+) and, for the first run, npm.
+# Exits non-zero when the compiler cannot be installed, the code does not compile, or any test fails.
+set -euo pipefail
+
+KOTLIN_VERSION=2.4.20
+here="$(cd "$(dirname "$0")" && pwd)"
+repo="$(cd "$here/../.." && pwd)"
+cache="${FRAQAT_KOTLIN_HOME:-$HOME/.cache/fraqat-kotlin}"
+kotlinc="$cache/node_modules/kotlin-compiler/bin/kotlinc"
+build="$here/build/jvm"
+jar="$build/core-tests.jar"
+
+command -v java >/dev/null || { echo "java not found: install a JDK (17 or newer)" >&2; exit 2; }
+
+installed_version() {
+    sed -n 's/.*"version": *"\([^"]*\)".*/\1/p' "$cache/node_modules/kotlin-compiler/package.json" 2>/dev/null | head -n1
+}
+if [[ ! -x "$kotlinc" || "$(installed_version)" != "$KOTLIN_VERSION" ]]; then
+    command -v npm >/dev/null || { echo "npm not found: it installs the Kotlin compiler (kotlin-compiler@$KOTLIN_VERSION)" >&2; exit 2; }
+    echo "installing kotlin-compiler@$KOTLIN_VERSION into $cache"
+    mkdir -p "$cache"
+    npm install --prefix "$cache" --no-audit --no-fund --loglevel=error "kotlin-compiler@$KOTLIN_VERSION" >&2
+fi
+
+mapfile -t sources < <(find "$here/src/main/kotlin" "$here/src/test/kotlin" -name '*.kt' | sort)
+stale=1
+if [[ -f "$jar" ]]; then
+    stale=0
+    for f in "${sources[@]}" "$0"; do
+        if [[ "$f" -nt "$jar" ]]; then stale=1; break; fi
+    done
+fi
+if [[ $stale == 1 ]]; then
+    mkdir -p "$build"
+    started=$(date +%s)
+    # -Werror: the compiler is pinned, so a warning is something to fix, not noise
+    "$kotlinc" -jvm-target 17 -Werror -include-runtime -d "$build/core-tests.part.jar" "${sources[@]}"
+    mv "$build/core-tests.part.jar" "$jar"
+    echo "compiled ${#sources[@]} files in $(( $(date +%s) - started )) s"
+else
+    echo "core-tests.jar is up to date"
+fi
+exec java -cp "$jar" dev.fraqat.deploy.core.test.RunnerKt --repo "$repo" "$@"

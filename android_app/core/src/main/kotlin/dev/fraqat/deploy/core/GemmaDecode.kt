@@ -1,0 +1,144 @@
+package dev.fraqat.deploy.core
+
+/**
+ * Gemma-2 greedy decoding over a prefill and a decode graph with a host-side KV cache, as
+ * `fraqat_deploy/models/gemma_graphs.py` (`greedy_decode`) drives them. The static shapes are read from the compiled
+ * graphs' inputs: `prefill` takes `input_ids [1, N]`; `decode` takes `past_key_i / past_value_i [1, kv_heads, C - 1,
+ * head_dim]` (and `sliding_mask` when a sliding window is shorter than the context, whose length the request's
+ * pipeline must give as `sliding_window`).
+ */
+data class GemmaSpec(
+    val context: Int,
+    val promptLength: Int,
+    val layers: Int,
+    val kvHeads: Int,
+    val headDim: Int,
+    val slidingWindow: Int?,
+    val padId: Long = 0,
+) {
+    val cacheSlots: Int get() = context - 1
+
+    companion object {
+        fun fromInputs(prefill: Map<String, TensorInfo>, decode: Map<String, TensorInfo>, pipeline: PipelineSpec): GemmaSpec {
+            fun bad(what: String): Nothing = throw BenchError(ErrorKind.INVALID_REQUEST, "the Gemma graphs do not look as expected: $what")
+            val ids = prefill["input_ids"] ?: bad("prefill has no input_ids")
+            val past = decode["past_key_0"] ?: bad("decode has no past_key_0")
+            if (past.shape.size != 4 || ids.shape.size != 2) bad("unexpected ranks")
+            val layers = decode.keys.count { it.startsWith("past_key_") }
+            val sliding = if ("sliding_mask" in decode) {
+                pipeline.slidingWindow ?: bad("decode takes a sliding_mask but the request gives no pipeline.sliding_window")
+            } else {
+                null
+            }
+            return GemmaSpec(past.shape[2] + 1, ids.shape[1], layers, past.shape[1], past.shape[3], sliding)
+        }
+    }
+}
+
+/** The host's cache arrays, slot = position. */
+class KvCache(private val spec: GemmaSpec) {
+    private val slotSize = spec.headDim
+    val arrays: LinkedHashMap<String, FloatTensor> = LinkedHashMap<String, FloatTensor>().apply {
+        val shape = intArrayOf(1, spec.kvHeads, spec.cacheSlots, spec.headDim)
+        for (i in 0 until spec.layers) for (kind in listOf("key", "value")) {
+            put("past_${kind}_$i", FloatTensor(shape, FloatArray(spec.kvHeads * spec.cacheSlots * spec.headDim)))
+        }
+    }
+    var length = 0
+
+    /** Slots start until start+count from the outputs' first [count] tokens (those past the cache are dropped). */
+    fun write(outputs: Map<String, Tensor>, start: Int, count: Int) {
+        val n = minOf(count, spec.cacheSlots - start)
+        if (n <= 0) return
+        for (i in 0 until spec.layers) for (kind in listOf("key", "value")) {
+            val src = outputs["${kind}_$i"] as? FloatTensor ?: throw BenchError(ErrorKind.HTP_ERROR, "the graph returned no float ${kind}_$i")
+            val dst = arrays.getValue("past_${kind}_$i").data
+            val tokens = src.shape[2]
+            for (h in 0 until spec.kvHeads) for (t in 0 until n) {
+                System.arraycopy(src.data, (h * tokens + t) * slotSize, dst, (h * spec.cacheSlots + start + t) * slotSize, slotSize)
+            }
+        }
+    }
+
+    fun decodeFeed(token: Long, position: Int): Map<String, Tensor> {
+        val slots = spec.cacheSlots
+        val feed = LinkedHashMap<String, Tensor>()
+        feed["input_ids"] = LongTensor(intArrayOf(1, 1), longArrayOf(token))
+        feed["position_ids"] = LongTensor(intArrayOf(1, 1), longArrayOf(position.toLong()))
+        feed["attention_mask"] = LongTensor(intArrayOf(1, slots), LongArray(slots) { if (it < position) 1 else 0 })
+        spec.slidingWindow?.let { w ->
+            feed["sliding_mask"] = LongTensor(intArrayOf(1, slots), LongArray(slots) { if (it < position && it > position - w) 1 else 0 })
+        }
+        feed.putAll(arrays)
+        return feed
+    }
+}
+
+object GemmaDecoder {
+    fun prefillFeed(spec: GemmaSpec, prompt: List<Long>): Map<String, Tensor> {
+        val n = spec.promptLength
+        return linkedMapOf(
+            "input_ids" to LongTensor(intArrayOf(1, n), LongArray(n) { if (it < prompt.size) prompt[it] else spec.padId }),
+            "position_ids" to LongTensor(intArrayOf(1, n), LongArray(n) { it.toLong() }),
+            "attention_mask" to LongTensor(intArrayOf(1, n), LongArray(n) { if (it < prompt.size) 1 else 0 }),
+        )
+    }
+
+    /**
+     * The greedy continuation of [prompt] (token ids): the new ids. The first N prompt tokens go through one
+     * prefill, the rest through the decode graph one by one; stops at [eosId] (not returned), after
+     * [maxNewTokens], or when the context is full. [onToken] sees each new token as it comes (the chat screen).
+     */
+    fun greedy(
+        runner: ComponentRunner,
+        spec: GemmaSpec,
+        prompt: List<Long>,
+        maxNewTokens: Int,
+        eosId: Long?,
+        timed: Timed,
+        onToken: (Long) -> Unit = {},
+    ): List<Long> {
+        if (prompt.isEmpty()) throw BenchError(ErrorKind.INVALID_REQUEST, "an empty prompt cannot be decoded")
+        if (prompt.size > spec.context) {
+            throw BenchError(ErrorKind.INVALID_REQUEST, "the prompt has ${prompt.size} tokens, the exported context holds ${spec.context}")
+        }
+        val cache = KvCache(spec)
+        val first = prompt.take(spec.promptLength)
+        val out = timed.call(runner, "prefill", prefillFeed(spec, first))
+        cache.write(out, 0, first.size)
+        cache.length = first.size
+        var logits = lastLogits(out, first.size - 1)
+
+        fun step(token: Long): FloatArray {
+            val position = cache.length
+            val result = timed.call(runner, "decode", cache.decodeFeed(token, position))
+            cache.write(result, position, 1)
+            cache.length += 1
+            return lastLogits(result, 0)
+        }
+
+        for (token in prompt.drop(spec.promptLength)) logits = step(token)
+        val new = ArrayList<Long>()
+        while (new.size < maxNewTokens && cache.length < spec.context) {
+            val token = argmax(logits).toLong()
+            if (eosId != null && token == eosId) break
+            new.add(token)
+            onToken(token)
+            if (new.size < maxNewTokens && cache.length < spec.context) logits = step(token)
+        }
+        return new
+    }
+
+    private fun lastLogits(outputs: Map<String, Tensor>, position: Int): FloatArray {
+        val logits = outputs["logits"] as? FloatTensor ?: throw BenchError(ErrorKind.HTP_ERROR, "the graph returned no float logits")
+        val vocab = logits.shape.last()
+        return logits.data.copyOfRange(position * vocab, (position + 1) * vocab)
+    }
+
+    /** The first index of the largest value (numpy.argmax). */
+    fun argmax(values: FloatArray): Int {
+        var best = 0
+        for (i in 1 until values.size) if (values[i] > values[best]) best = i
+        return best
+    }
+}

@@ -1,0 +1,98 @@
+package dev.fraqat.deploy.core.test
+
+import dev.fraqat.deploy.core.ComponentRunner
+import dev.fraqat.deploy.core.FloatTensor
+import dev.fraqat.deploy.core.LongTensor
+import dev.fraqat.deploy.core.PipelineSpec
+import dev.fraqat.deploy.core.Png
+import dev.fraqat.deploy.core.SanaPipeline
+import dev.fraqat.deploy.core.Tensor
+import dev.fraqat.deploy.core.Timed
+import dev.fraqat.deploy.core.TorchNoise
+import dev.fraqat.deploy.core.asObject
+import java.io.ByteArrayInputStream
+import javax.imageio.ImageIO
+
+/** The toy components of `pipeline.json` (their definition is written there), in float32 as numpy computes them. */
+object ToyModel : ComponentRunner {
+    override fun run(component: String, feed: Map<String, Tensor>): Map<String, Tensor> = when (component) {
+        "text_encoder" -> {
+            val ids = feed.getValue("input_ids") as LongTensor
+            val mask = feed.getValue("attention_mask") as LongTensor
+            val length = ids.shape[1]
+            val out = FloatArray(length * 4) { k ->
+                val t = k / 4
+                val d = k % 4
+                (ids.data[t].toFloat() * 0.01f + d.toFloat() * 0.1f) * mask.data[t].toFloat()
+            }
+            mapOf("prompt_embeds" to FloatTensor(intArrayOf(1, length, 4), out))
+        }
+        "transformer" -> {
+            val latent = feed.getValue("latent") as FloatTensor
+            val features = feed.getValue("timestep_features") as FloatTensor
+            val embeds = feed.getValue("prompt_embeds") as FloatTensor
+            val mask = feed.getValue("prompt_mask") as LongTensor
+            val batch = latent.shape[0]
+            val per = latent.size / batch
+            val channels = features.shape[1]
+            val tokens = embeds.shape[1]
+            val width = embeds.shape[2]
+            val out = FloatArray(latent.size)
+            for (b in 0 until batch) {
+                var mean = 0f
+                for (k in 0 until channels) mean += features.data[b * channels + k]
+                mean /= channels
+                var text = 0f
+                for (t in 0 until tokens) for (d in 0 until width) {
+                    text += embeds.data[(b * tokens + t) * width + d] * mask.data[b * tokens + t].toFloat()
+                }
+                val shift = mean - 0.01f * text
+                for (k in 0 until per) out[b * per + k] = 0.5f * latent.data[b * per + k] - shift
+            }
+            mapOf("velocity" to FloatTensor(latent.shape, out))
+        }
+        "vae_decoder" -> {
+            val latent = feed.getValue("latent") as FloatTensor
+            val plane = latent.shape[2] * latent.shape[3]
+            mapOf("image" to FloatTensor(intArrayOf(1, 3, latent.shape[2], latent.shape[3]), FloatArray(3 * plane) { 0.5f + 0.25f * latent.data[it] }))
+        }
+        else -> throw IllegalArgumentException("no toy component $component")
+    }
+}
+
+fun pipelineTests(s: Suite) {
+    s.test("pipeline: tokenizer + noise + Sana loop reproduce pipeline.json's toy generation") {
+        val golden = example("pipeline")
+        val pipeline = PipelineSpec(asObject(golden["pipeline"], "pipeline"))
+        val prompt = golden["prompt"] as String
+        val seed = (golden["seed"] as Number).toLong()
+        val tokenizer = captionTokenizer()
+        val cond = tokenizer.encode(prompt, 16)
+        val uncond = tokenizer.encode("", 16)
+        val latent = intArrayOf(1) + pipeline.latentShape!!.toIntArray()
+        val tensors = mapOf(
+            "input_ids" to cond.idsTensor(), "attention_mask" to cond.maskTensor(), "uncond_input_ids" to uncond.idsTensor(),
+            "uncond_attention_mask" to uncond.maskTensor(), "noise" to TorchNoise.randn(latent, seed),
+        )
+        val timed = Timed()
+        val image = SanaPipeline.generate(ToyModel, pipeline, tensors, timed)
+        assertEquals((golden["image_shape"] as List<*>).map { (it as Number).toInt() }, image.shape.toList(), "image shape")
+        assertAllClose(doubles(golden["image"]), image.data.map { it.toDouble() }, 2e-5, "image")
+        val calls = asObject(golden["calls"], "calls").mapValues { (it.value as Number).toInt() }
+        assertEquals(calls, timed.calls.mapValues { it.value.size }, "component calls")
+    }
+
+    s.test("png: the encoder writes what a PNG decoder reads back, rounded as numpy rounds") {
+        val image = FloatTensor(intArrayOf(3, 2, 3), floatArrayOf(0f, 0.5f, 1f, -1f, 2f, 0.25f, 0.1f, 0.2f, 0.3f, 0.4f, 0.6f, 0.7f, 0.9f, 0.8f, 0.002f, 0.998f, 0.5f, 0.5f))
+        val png = Png.encode(image)
+        keep("png_check.png", png)
+        val decoded = ImageIO.read(ByteArrayInputStream(png))
+        assertEquals(3, decoded.width, "width")
+        assertEquals(2, decoded.height, "height")
+        val argb = Png.argb(image)
+        for (y in 0 until 2) for (x in 0 until 3) assertEquals(argb[y * 3 + x], decoded.getRGB(x, y), "pixel $x,$y")
+        // 0.5 * 255 = 127.5 rounds to the even 128; 0.002 * 255 = 0.51 rounds to 1
+        assertEquals(128, (argb[1] shr 16) and 0xFF, "half to even")
+        assertEquals(1, argb[2] and 0xFF, "blue of pixel (2, 0)")
+    }
+}
