@@ -235,6 +235,23 @@ def _device_link(device: str, run: Path, target: str | None):
     return AdbLink(select_device(device), target=target)
 
 
+@app.command("quickstart")
+@_friendly
+def quickstart_cmd(
+    out_dir: Annotated[Path, typer.Option("--out", help="Run folder (re-running resumes it).")] = Path("runs/qs"),
+    steps: Annotated[Optional[int], typer.Option(help="Training steps (default: the schedule's epochs).")] = None,
+) -> None:
+    """train digits-Sana (FraQAT) -> export -> compile (s25u) -> bench (HTP simulator) -> compare -> report."""
+    from fraqat_deploy.quickstart import quickstart
+
+    result = quickstart(out_dir, steps=steps)
+    for name, seconds in result.seconds.items():
+        out.print(f"  {name}: {seconds:.0f} s")
+    if result.skipped:
+        out.print(f"  reused: {', '.join(result.skipped)}")
+    out.print(f"report: {result.report}")
+
+
 @app.command("devices")
 @_friendly
 def devices_cmd() -> None:

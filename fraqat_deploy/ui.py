@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import sys
+
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-console = Console(stderr=True, highlight=False)
-out = Console(highlight=False)
+#: piped or captured output (logs, CI, tests) is not wrapped at 80 columns: tables stay one row per line
+_WIDTH = None if sys.stdout.isatty() else 160
+console = Console(stderr=True, highlight=False, width=_WIDTH)
+out = Console(highlight=False, width=_WIDTH)
 
 
 def progress(disable: bool = False) -> Progress:

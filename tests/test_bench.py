@@ -19,7 +19,6 @@ from fraqat_deploy.cli import app
 from fraqat_deploy.device import pipeline as pipe
 from fraqat_deploy.device.protocol import EXAMPLES_DIR, ProtocolError, example, summarize, validate
 from fraqat_deploy.models.sampler import flow_sigmas
-from fraqat_deploy.train import TrainConfig, train
 from fraqat_deploy.train.load import load_trained
 
 runner = CliRunner()
@@ -85,14 +84,8 @@ def test_numpy_scheduler_equals_the_pytorch_sampler():
 
 
 @pytest.fixture(scope="module")
-def compiled(tmp_path_factory) -> Path:
-    run = tmp_path_factory.mktemp("bench") / "d1"
-    train(TrainConfig(model="digits", out=run, schedule="fractional", steps=18, n_train=48, n_val=16,
-                      calib_samples=16), show_progress=False)
-    for args in (["export", "digits", "--run", str(run)], ["compile", "digits", "--run", str(run), "--device", "s25u"]):
-        result = runner.invoke(app, args)
-        assert result.exit_code == 0, result.output
-    return run
+def compiled(compiled_digits: Path) -> Path:
+    return compiled_digits
 
 
 def test_numpy_pipeline_on_the_cpu_qdq_graphs_draws_what_pytorch_draws(compiled: Path):

@@ -32,6 +32,8 @@ from fraqat_deploy.runs import RunDir, sha256_file, write_json_atomic
 
 DEFAULT_TIMEOUT_S = 1800.0
 POLL_S = 0.2
+#: how long an app that was never seen running may take to show up (or to leave its result)
+NEVER_STARTED_S = 10.0
 
 
 @dataclass
@@ -151,7 +153,8 @@ def wait_for_result(link: DeviceLink, request_id: str, *, timeout_s: float,
                     on_status: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Poll until ``result.json`` of *this* request appears, the app dies, or the timeout passes."""
     remote_dir = run_dir(request_id)
-    deadline = time.monotonic() + timeout_s
+    started = time.monotonic()
+    deadline = started + timeout_s
     seen_alive = False
     while True:
         text = link.read_text(f"{remote_dir}/result.json")
@@ -174,8 +177,8 @@ def wait_for_result(link: DeviceLink, request_id: str, *, timeout_s: float,
             if text and json.loads(text).get("request_id") == request_id:
                 return json.loads(text)
             raise _AppDied()
-        if not alive and time.monotonic() > deadline - timeout_s + 30:
-            raise _AppDied()  # never came up
+        if not alive and time.monotonic() > started + NEVER_STARTED_S:
+            raise _AppDied()  # never came up, or finished without a result before we looked
         if time.monotonic() > deadline:
             raise TimeoutError
         time.sleep(POLL_S)

@@ -20,6 +20,8 @@ from fraqat_deploy.runs import sha256_file
 
 SCRIPTS_DIR = Path(__file__).resolve().parent.parent.parent / "device_scripts"
 REMOTE_SCRIPTS = "/data/local/tmp/fraqat-deploy"
+#: room left free beside a pushed file, so the app can still write its results
+PUSH_RESERVE_BYTES = 1 << 20
 NO_PHONE_FIX = "connect the phone by USB, enable USB debugging (Developer options) and check `adb devices`"
 
 
@@ -93,7 +95,8 @@ def free_mb(device, path: str) -> float | None:
         return None
     header, row = lines[0], lines[-1]
     for name in ("Available", "Avail"):
-        if name in header and len(row) == len(header) and row[header.index(name)].isdigit():
+        # the header's last column is two words ("Mounted on"): index from the left
+        if name in header and len(row) > header.index(name) and row[header.index(name)].isdigit():
             return int(row[header.index(name)]) / 1024.0
     return None
 
@@ -221,15 +224,24 @@ class AdbLink(DeviceLink):
     def sha256(self, remote: str) -> str | None:
         return self.sha256_abs(self._remote(remote))
 
+    def _storage_full(self, local: Path, folder: str) -> bool:
+        free = free_mb(self.device, folder)
+        return free is not None and free * (1 << 20) < local.stat().st_size + PUSH_RESERVE_BYTES
+
     def _push_abs(self, local: Path, remote: str) -> None:
-        self._check(f"mkdir -p {shlex.quote(remote.rsplit('/', 1)[0])}", "creating a folder")
+        folder = remote.rsplit("/", 1)[0]
+        self._check(f"mkdir -p {shlex.quote(folder)}", "creating a folder")
+        full = DeviceError(f"the phone's storage is full: {local.name} ({local.stat().st_size / (1 << 20):.1f} MB) "
+                           "does not fit", "free storage on the phone and re-run (files already pushed are reused)")
+        if self._storage_full(local, folder):
+            raise full
         try:
             self.device.sync.push(str(local), remote)
         except Exception as e:
             text = str(e)
-            if "No space left" in text or "ENOSPC" in text:
-                raise DeviceError(f"the phone's storage is full while pushing {local.name}",
-                                  "free storage on the phone and re-run (files already pushed are reused)") from None
+            # adbutils reports a device-side failure as a bare "FAIL": ask the phone whether it is full
+            if "No space left" in text or "ENOSPC" in text or self._storage_full(local, folder):
+                raise full from None
             raise ConnectionError(f"push of {local.name} failed: {text or type(e).__name__}") from None
         if self.sha256_abs(remote) != sha256_file(local):
             raise ConnectionError(f"{local.name} arrived damaged on the phone")

@@ -8,6 +8,7 @@ with the same weights as an uninterrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -20,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from rich.progress import Progress
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -75,8 +77,9 @@ def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch
 
 
 class Trainer:
-    def __init__(self, config: TrainConfig, show_progress: bool = True) -> None:
+    def __init__(self, config: TrainConfig, show_progress: bool = True, bar: Progress | None = None) -> None:
         self.cfg = config
+        self.bar = bar  # an outer progress display to add the training task to (the quick start's)
         self.dist = Distributed.from_env()
         self.device = self.dist.device()
         self.run = RunDir(config.out)
@@ -229,7 +232,8 @@ class Trainer:
                 stage_val[-1]["end"] = loss
             return loss
 
-        with progress(disable=not self.show_progress) as bar:
+        with contextlib.nullcontext(self.bar) if self.bar is not None else progress(
+                disable=not self.show_progress) as bar:
             task = bar.add_task(f"FraQAT {self.schedule.name}", total=total, completed=step, info="")
             if not self.schedule.trains:  # PTQ: round at the final bits, recalibrate, no step
                 set_weight_bits(student, self.schedule.final_bits)
@@ -307,5 +311,5 @@ class Trainer:
         path.write_text("".join(line + "\n" for line in keep))
 
 
-def train(config: TrainConfig, show_progress: bool = True) -> TrainResult:
-    return Trainer(config, show_progress).train()
+def train(config: TrainConfig, show_progress: bool = True, bar: Progress | None = None) -> TrainResult:
+    return Trainer(config, show_progress, bar).train()

@@ -426,4 +426,4 @@ def _env(sh: Shell, argv: list[str], io: IO) -> int:
     return 0
 
 
-from . import coreutils_fs  # noqa: E402,F401 - the file commands register themselves
+from . import coreutils_fs, coreutils_text  # noqa: E402,F401 - the file and text commands register themselves

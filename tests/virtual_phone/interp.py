@@ -201,6 +201,9 @@ class Shell(Expansions):
         for node, background in seq.items:
             if background:
                 child = self.subshell()
+                # as on Android, a job sent to the background (with its output redirected) outlives the adb shell
+                # session that started it: it does not share the session's cancel event
+                child.cancel = threading.Event()
                 bg_io = IO(In(), io.stdout, io.stderr)
                 threading.Thread(target=self._background, args=(child, node, bg_io), daemon=True).start()
                 status = 0

@@ -1,0 +1,22 @@
+"""Session fixtures shared by the test files that need a trained, exported and compiled run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def compiled_digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A short FraQAT W4A8 digits-Sana run, exported and compiled for s25u (about 30 s on 2 cores)."""
+    from fraqat_deploy.compile.run import compile_run
+    from fraqat_deploy.export import export_run
+    from fraqat_deploy.train import TrainConfig, train
+
+    run = tmp_path_factory.mktemp("compiled") / "d1"
+    train(TrainConfig(model="digits", out=run, schedule="fractional", steps=18, n_train=48, n_val=16,
+                      calib_samples=16), show_progress=False)
+    export_run(run, "digits")
+    compile_run(run, "s25u")
+    return run

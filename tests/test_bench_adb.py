@@ -1,0 +1,174 @@
+"""bench over adb, against the virtual phone (tests/virtual_phone): the real adb server from the adbutils wheel,
+a device-side daemon answering as an SM-S938B, and a Python double of the app that runs the same engine as
+``--device sim`` on the phone's sandboxed files. What is real here: adb, adbutils, the protocol code, the device
+scripts (run by the double's shell), the HTP simulator. What is not: the phone and the Kotlin app."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from fraqat_deploy.cli import app
+from fraqat_deploy.device.engine import Engine
+from fraqat_deploy.device.protocol import PACKAGE, validate
+
+runner = CliRunner()
+HOSTILE = '"; rm -rf /sdcard; echo "'
+PROMPT = "a handwritten digit four"
+
+
+def phone_device(phone) -> dict:
+    return {"manufacturer": "samsung", "model": "SM-S938B", "soc": "SM8750", "android_sdk": 35, "runtime": "htp",
+            "qnn_version": None, "onnxruntime_version": None}
+
+
+def benchmark_app(proc, extras: dict[str, str]) -> None:
+    """The app double: BenchmarkActivity's protocol through the engine, inside the phone's sandbox."""
+    request = extras["request"]
+    proc.log(f"benchmark request {request}")
+    proc.set_memory(pss_kb=150_000)
+    Engine(proc.host_path(proc.files_dir), proc.host_path(request), device=phone_device(proc.phone)).run()
+    proc.log("benchmark done")
+
+
+def crashing_app(proc, extras: dict[str, str]) -> None:
+    proc.log("loading the model")
+    raise RuntimeError("java.lang.OutOfMemoryError: Failed to allocate a 1048576 byte allocation")
+
+
+@pytest.fixture
+def phone(virtual_phone):
+    return virtual_phone(apps={}, thermal_status=0)
+
+
+def install(phone, app=benchmark_app) -> None:
+    phone.install_app(PACKAGE, "0.1.0", 1, app=app)
+
+
+def bench(run: Path, *extra: str, prompt: str = PROMPT):
+    return runner.invoke(app, ["bench", "digits", "--run", str(run), "--device", "s25u", "--runs", "1",
+                               "--warmup", "0", "--prompt", prompt, "--timeout", "120", *extra])
+
+
+def last_result(run: Path, label: str = "s25u") -> tuple[Path, dict]:
+    stage = json.loads((run / "run.json").read_text())["stages"][f"bench/{label}"]
+    out = run / "bench" / label / stage["id"]
+    return out, json.loads((out / "result.json").read_text()) if (out / "result.json").is_file() else {}
+
+
+def test_devices_lists_the_phone(phone):
+    install(phone)
+    result = runner.invoke(app, ["devices"])
+    assert result.exit_code == 0, result.output
+    assert phone.serial in result.output and "SM-S938B" in result.output and "SM8750" in result.output
+    assert "s25u" in result.output and "0.1.0" in result.output
+
+
+def test_full_bench_over_adb(phone, compiled_digits: Path):
+    install(phone)
+    result = bench(compiled_digits)
+    assert result.exit_code == 0, result.output
+    assert "NPU (HTP)" in result.output
+    out, data = last_result(compiled_digits)
+    validate("result", data)
+    assert data["status"] == "ok" and data["device"]["model"] == "SM-S938B"
+    assert data["timings_ms"]["components"]["transformer"]["n"] == data["config"]["steps"]
+    assert (out / "images" / "0.png").is_file() and (out / "logcat.txt").is_file()
+    assert "benchmark request" in (out / "logcat.txt").read_text()
+    assert data["thermal"] == {"before": 0, "after": 0}
+    assert data["memory_mb"]["peak_pss"] == pytest.approx(150_000 / 1024, rel=0.01)
+    # the compiled model sits in the app's files folder, content-addressed
+    files = phone.host_path(f"/sdcard/Android/data/{PACKAGE}/files/models")
+    assert sorted(p.name for p in files.rglob("*_ctx.onnx")) == ["text_encoder_ctx.onnx", "transformer_ctx.onnx",
+                                                                  "vae_decoder_ctx.onnx"]
+    # a second bench reuses every model file already on the phone
+    again = bench(compiled_digits)
+    assert again.exit_code == 0, again.output
+    stage = json.loads((compiled_digits / "run.json").read_text())["stages"]["bench/s25u"]
+    assert stage["skipped"] == 6
+
+
+def test_hostile_prompt_is_just_a_prompt(phone, compiled_digits: Path):
+    install(phone)
+    marker = phone.host_path("/sdcard/keep.txt")
+    marker.write_text("still here")
+    result = bench(compiled_digits, prompt=HOSTILE)
+    assert result.exit_code == 0, result.output
+    _, data = last_result(compiled_digits)
+    assert data["outputs"][0]["prompt"] == HOSTILE
+    assert marker.read_text() == "still here"
+    assert "rm -rf /sdcard" not in repr(phone.history)  # the prompt travels in request.json, never in a command
+
+
+def test_no_phone_is_a_one_line_error(adb_server, compiled_digits: Path):
+    result = bench(compiled_digits)
+    assert result.exit_code != 0
+    assert "no phone connected" in result.output and "USB debugging" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_unauthorized_phone(virtual_phone, compiled_digits: Path):
+    virtual_phone(authorized=False)
+    result = bench(compiled_digits)
+    assert result.exit_code != 0 and "unauthorized" in result.output and "Allow USB debugging" in result.output
+
+
+def test_two_phones_need_a_serial(virtual_phone, compiled_digits: Path):
+    first, second = virtual_phone(), virtual_phone()
+    result = bench(compiled_digits)
+    assert result.exit_code != 0 and first.serial in result.output and second.serial in result.output
+    assert "--device <serial>" in result.output
+    install(second)
+    chosen = runner.invoke(app, ["bench", "digits", "--run", str(compiled_digits), "--device", second.serial,
+                                 "--runs", "1", "--warmup", "0", "--prompt", PROMPT])
+    assert chosen.exit_code == 0, chosen.output
+
+
+def test_app_not_installed(phone, compiled_digits: Path):
+    result = bench(compiled_digits)
+    assert result.exit_code != 0 and "not installed" in result.output and "--apk" in result.output
+
+
+def test_app_crash_pulls_logcat(phone, compiled_digits: Path):
+    install(phone, crashing_app)
+    result = bench(compiled_digits)
+    assert result.exit_code != 0 and "stopped without a result" in result.output
+    out, _ = last_result(compiled_digits)
+    log = (out / "logcat.txt").read_text()
+    assert "FATAL EXCEPTION" in log and "OutOfMemoryError" in log
+    assert json.loads((compiled_digits / "run.json").read_text())["stages"]["bench/s25u"]["status"] == "failed"
+
+
+def test_storage_full(virtual_phone, compiled_digits: Path):
+    full = virtual_phone(free_bytes=100_000)
+    install(full)
+    result = bench(compiled_digits)
+    assert result.exit_code != 0 and "storage is full" in result.output and "free storage" in result.output
+
+
+def test_connection_drop_mid_push_then_resume(virtual_phone, compiled_digits: Path):
+    flaky = virtual_phone(drop_after_push_bytes=400_000)
+    install(flaky)
+    first = bench(compiled_digits)
+    assert first.exit_code != 0 and ("connection" in first.output or "push" in first.output), first.output
+    flaky.adb.wait_state(flaky.serial, "device")
+    second = bench(compiled_digits)
+    assert second.exit_code == 0, second.output
+    stage = json.loads((compiled_digits / "run.json").read_text())["stages"]["bench/s25u"]
+    assert stage["skipped"] >= 1  # what the first attempt pushed completely was not pushed again
+
+
+def test_connection_drop_during_the_run(phone, compiled_digits: Path):
+    def slow_app(proc, extras):
+        proc.log("starting")
+        proc.phone.disconnect(stay_offline=True)
+        proc.wait(5)
+
+    install(phone, slow_app)
+    result = bench(compiled_digits)
+    assert result.exit_code != 0
+    assert "lost the connection" in result.output or "stopped without a result" in result.output
+    assert "re-run" in result.output
