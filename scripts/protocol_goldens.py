@@ -1,7 +1,7 @@
 """Write the numbers both sides of the phone protocol must agree on: statistics, the Sana sampler, the tokenizers,
-the sampling noise and a whole toy generation.
+the sampling noise, a whole toy Sana generation and toy Gemma greedy decoding.
 
-``fraqat_deploy/device/schemas/examples/{stats,scheduler,tokenizer,noise,pipeline}.json`` are produced by the
+``fraqat_deploy/device/schemas/examples/{stats,scheduler,tokenizer,noise,pipeline,gemma}.json`` are produced by the
 Python implementation and read by the Kotlin core's tests (android_app/core). ``tests/test_bench.py`` regenerates
 them and fails if the committed files differ, so neither side can drift alone. Run after changing either
 implementation:
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -114,6 +114,47 @@ def _toy_pipeline(caption: dict) -> dict:
 
 
 
+GEMMA_DEFINITION = (
+    "prefill/decode logits[0,t,v] = -|next_t - v| with next_t = (3 * input_ids[0,t] + 1 + s) % vocab, s = 0 in "
+    "prefill and, in decode, the sum over cache slots j of attention_mask[0,j] * past_key_0[0,0,j,0] + "
+    "2 * sum(sliding_mask); key_i[0,0,t] = [input_ids[0,t] + i, position_ids[0,t]], value_i[0,0,t] = "
+    "[0.5 * input_ids[0,t], i]"
+)
+GEMMA_CASES = [([2, 5], 6, None), ([2, 5], 20, 12), ([1, 2, 3, 4, 5, 6], 20, None), ([7], 3, None)]
+
+
+def _toy_gemma(spec) -> Callable[[str, Mapping[str, np.ndarray]], dict[str, np.ndarray]]:
+    f32 = np.float32
+
+    def run(component: str, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        ids, positions = feed["input_ids"][0], feed["position_ids"][0]
+        s = 0
+        if component == "decode":
+            s = int(round(float((feed["attention_mask"][0] * feed["past_key_0"][0, 0, :, 0]).sum())))
+            s += 2 * int(feed["sliding_mask"][0].sum()) if "sliding_mask" in feed else 0
+        nxt = (3 * ids + 1 + s) % spec.vocab
+        logits = -np.abs(nxt[:, None] - np.arange(spec.vocab)[None, :]).astype(f32)
+        out = {"logits": logits[None]}
+        for i in range(spec.layers):
+            out[f"key_{i}"] = np.stack([ids + i, positions], axis=-1).astype(f32)[None, None]
+            out[f"value_{i}"] = np.stack([f32(0.5) * ids, np.full(len(ids), i)], axis=-1).astype(f32)[None, None]
+        return out
+
+    return run
+
+
+def _gemma() -> dict:
+    from fraqat_deploy.models.gemma_graphs import GemmaGraphSpec, greedy_decode
+
+    spec = GemmaGraphSpec(context=10, prompt_length=4, layers=2, kv_heads=1, head_dim=2, vocab=16, sliding_window=3,
+                          sliding_layers=(0,), pad_id=0)
+    run = _toy_gemma(spec)
+    cases = [{"prompt": prompt, "max_new_tokens": n, "eos_token_id": eos,
+              "tokens": greedy_decode(run, spec, prompt, max_new_tokens=n, eos_id=eos)}
+             for prompt, n, eos in GEMMA_CASES]
+    return {"definition": GEMMA_DEFINITION, "spec": spec.to_dict(), "cases": cases}
+
+
 def goldens() -> dict[str, dict]:
     stats = {"definition": "p50/p90: linear interpolation at rank q/100*(n-1) of the sorted values; std: population",
              "cases": [{"values": v, "summary": summarize(v)} for v in STATS_CASES]}
@@ -143,7 +184,7 @@ def goldens() -> dict[str, dict]:
         noise["cases"].append({"shape": list(shape), "seed": seed, "head": values[:8].tolist(),
                                "tail": values[-8:].tolist(), "sum": float(values.astype(np.float64).sum())})
     return {"stats": stats, "scheduler": scheduler, "tokenizer": tokenizer, "noise": noise,
-            "pipeline": _toy_pipeline(caption)}
+            "pipeline": _toy_pipeline(caption), "gemma": _gemma()}
 
 
 def main() -> int:

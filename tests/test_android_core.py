@@ -38,7 +38,7 @@ def test_kotlin_core_compiles_and_its_tests_pass(kotlin_run):
     assert failed == 0 and passed >= 25, summary
     for name in ("golden request.json follows", "round-trip through the typed result", "reproduces stats.json",
                  "flow sigmas reproduce", "timestep features reproduce", "torch.randn", "caption tokenizer reproduces",
-                 "toy generation", "end to end into a valid result"):
+                 "toy generation", "end to end into a valid result", "reproduces gemma.json"):
         assert any(line.startswith("PASS") and name in line for line in proc.stdout.splitlines()), name
 
 
@@ -48,13 +48,15 @@ def test_results_the_kotlin_engine_writes_follow_the_python_schema(kotlin_run):
     expected = {"ok": None, "model_missing": "model_missing", "model_changed": "model_missing",
                 "invalid_request": "invalid_request", "not_json": "invalid_request", "short_tensor": "invalid_request",
                 "htp_unavailable": "htp_unavailable", "htp_error": "htp_error", "out_of_memory": "out_of_memory",
-                "internal": "internal"}
+                "internal": "internal", "gemma": None}
     for name, kind in expected.items():
         result = json.loads((out / f"result_{name}.json").read_text())
         validate("result", result)
         assert result["status"] == ("ok" if kind is None else "error"), name
         assert (result["error"] or {}).get("kind") == kind, name
     validate("status", json.loads((out / "status_done.json").read_text()))
+    gemma = json.loads((out / "result_gemma.json").read_text())
+    assert gemma["outputs"][0]["tokens"] == example("gemma")["cases"][0]["tokens"]
 
     ok = json.loads((out / "result_ok.json").read_text())
     steps = example("pipeline")["pipeline"]["steps"]

@@ -246,9 +246,11 @@ class BenchmarkEngine(
                 }
             }
             "gemma" -> {
-                val ids = tensors["input_ids"] as? LongTensor ?: throw BenchError(ErrorKind.INVALID_REQUEST, "a Gemma prompt needs an int64 input_ids tensor")
-                val spec = GemmaSpec.fromInputs(session("prefill").inputs, session("decode").inputs, r.pipeline)
-                val t0 = clock()
+                // the CLI sends the prompt's token ids as "prompt_ids" [1, L] (models/gemma.py bench_inputs)
+                val ids = (tensors["prompt_ids"] ?: tensors["input_ids"]) as? LongTensor
+                    ?: throw BenchError(ErrorKind.INVALID_REQUEST, "a Gemma prompt needs an int64 prompt_ids tensor")
+                val spec = GemmaSpec.of(r.pipeline, session("prefill").inputs, session("decode").inputs)
+                val t0 = clock() // tokens per second end to end, prefill included (as pipeline.gemma_generate)
                 val tokens = GemmaDecoder.greedy(runner, spec, ids.data.toList(), r.pipeline.maxNewTokens ?: 32, r.pipeline.eosTokenId, timed)
                 val seconds = (clock() - t0) / 1e9
                 if (!last) null else Output(prompt.text, prompt.seed, tokens = tokens, tokensPerSecond = if (seconds > 0) tokens.size / seconds else 0.0)

@@ -2,10 +2,10 @@ package dev.fraqat.deploy.core
 
 /**
  * Gemma-2 greedy decoding over a prefill and a decode graph with a host-side KV cache, as
- * `fraqat_deploy/models/gemma_graphs.py` (`greedy_decode`) drives them. The static shapes are read from the compiled
- * graphs' inputs: `prefill` takes `input_ids [1, N]`; `decode` takes `past_key_i / past_value_i [1, kv_heads, C - 1,
- * head_dim]` (and `sliding_mask` when a sliding window is shorter than the context, whose length the request's
- * pipeline must give as `sliding_window`).
+ * `fraqat_deploy/models/gemma_graphs.py` (`greedy_decode`, driven by `device/pipeline.py` `gemma_generate`) does.
+ * The static shapes come from the request's `pipeline.spec` (`GemmaGraphSpec.to_dict`); without it, from the compiled
+ * graphs' inputs: `prefill` takes `input_ids [1, N]`, `decode` takes `past_key_i / past_value_i [1, kv_heads, C - 1,
+ * head_dim]` (and `sliding_mask` when a sliding window is shorter than the context).
  */
 data class GemmaSpec(
     val context: Int,
@@ -19,6 +19,20 @@ data class GemmaSpec(
     val cacheSlots: Int get() = context - 1
 
     companion object {
+        /** From the request's `pipeline.spec` when the CLI sent it, else from the graphs' inputs. */
+        fun of(pipeline: PipelineSpec, prefill: Map<String, TensorInfo>, decode: Map<String, TensorInfo>): GemmaSpec =
+            pipeline.raw.objOrNull("spec")?.let(::fromJson) ?: fromInputs(prefill, decode, pipeline)
+
+        /** `GemmaGraphSpec.to_dict()` (context, prompt_length, layers, kv_heads, head_dim, sliding_window, pad_id). */
+        fun fromJson(o: Map<String, Any?>): GemmaSpec = try {
+            GemmaSpec(
+                o.int("context"), o.int("prompt_length"), o.int("layers"), o.int("kv_heads"), o.int("head_dim"),
+                o.intOrNull("sliding_window"), o.longOrNull("pad_id") ?: 0L,
+            )
+        } catch (e: JsonException) {
+            throw BenchError(ErrorKind.INVALID_REQUEST, "pipeline.spec: ${e.message}")
+        }
+
         fun fromInputs(prefill: Map<String, TensorInfo>, decode: Map<String, TensorInfo>, pipeline: PipelineSpec): GemmaSpec {
             fun bad(what: String): Nothing = throw BenchError(ErrorKind.INVALID_REQUEST, "the Gemma graphs do not look as expected: $what")
             val ids = prefill["input_ids"] ?: bad("prefill has no input_ids")
@@ -26,7 +40,7 @@ data class GemmaSpec(
             if (past.shape.size != 4 || ids.shape.size != 2) bad("unexpected ranks")
             val layers = decode.keys.count { it.startsWith("past_key_") }
             val sliding = if ("sliding_mask" in decode) {
-                pipeline.slidingWindow ?: bad("decode takes a sliding_mask but the request gives no pipeline.sliding_window")
+                pipeline.slidingWindow ?: bad("decode takes a sliding_mask but the request gives no sliding window")
             } else {
                 null
             }

@@ -134,8 +134,8 @@ data class PipelineSpec(val raw: Map<String, Any?>) {
     val context: Int? get() = raw.intOrNull("context")
     val eosTokenId: Long? get() = raw.longOrNull("eos_token_id")
 
-    /** Gemma-2 sliding-window length (not in schema version 1's listed keys; accepted when the CLI sends it). */
-    val slidingWindow: Int? get() = raw.intOrNull("sliding_window")
+    /** Gemma-2's sliding-window length, from `spec` (or a top-level `sliding_window`). */
+    val slidingWindow: Int? get() = raw.objOrNull("spec")?.intOrNull("sliding_window") ?: raw.intOrNull("sliding_window")
 
     /** The same settings with some values replaced (the demo screen's steps, for instance). */
     fun with(vararg changes: Pair<String, Any?>) = PipelineSpec(LinkedHashMap(raw).apply { putAll(changes) })

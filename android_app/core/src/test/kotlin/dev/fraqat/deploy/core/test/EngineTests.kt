@@ -253,4 +253,40 @@ fun engineTests(s: Suite) {
         )
         assertEquals(spec, derived, "the spec read from the graphs' inputs")
     }
+
+    s.test("engine: a Gemma request decodes through prefill and decode into tokens") {
+        val golden = example("gemma")
+        val files = tempDir("gemma")
+        val components = linkedMapOf<String, Any?>()
+        for (name in listOf("prefill", "decode")) {
+            val file = File(files, "models/$name-toy/${name}_ctx.onnx").apply { parentFile.mkdirs(); writeText(name) }
+            components[name] = linkedMapOf(
+                "onnx" to "models/$name-toy/${name}_ctx.onnx",
+                "files" to listOf(linkedMapOf("path" to "models/$name-toy/${name}_ctx.onnx", "sha256" to FileTools.sha256(file), "bytes" to file.length())),
+                "inputs" to listOf("input_ids"), "outputs" to listOf("logits"),
+            )
+        }
+        val case = asObject((golden["cases"] as List<*>)[0], "case")
+        val prompt = (case["prompt"] as List<*>).map { (it as Number).toLong() }
+        TensorBin.write(File(files, "runs/toy-gemma/p0_prompt_ids.bin"), LongTensor(intArrayOf(1, prompt.size), prompt.toLongArray()))
+        val request = linkedMapOf(
+            "schema_version" to 1, "id" to "toy-gemma",
+            "model" to linkedMapOf("name" to "tiny-gemma", "components" to components),
+            "pipeline" to linkedMapOf("kind" to "gemma", "max_new_tokens" to case["max_new_tokens"], "context" to 10, "eos_token_id" to null, "spec" to golden["spec"]),
+            "prompts" to listOf(linkedMapOf("text" to "toy", "seed" to 0, "tensors" to linkedMapOf(
+                "prompt_ids" to linkedMapOf("path" to "runs/toy-gemma/p0_prompt_ids.bin", "dtype" to "int64", "shape" to listOf(1, prompt.size)),
+            ))),
+            "config" to linkedMapOf("warmup" to 0, "runs" to 2),
+        )
+        val requestFile = File(files, "runs/toy-gemma/request.json").apply { writeText(Json.write(request)) }
+        val spec = GemmaSpec.fromJson(asObject(golden["spec"], "spec"))
+        val backend = ToyBackend(model = ToyGemma(spec, 16))
+        val result = result(BenchmarkEngine(files, requestFile, backend, schemas).run(), "gemma")
+        check(result.ok) { "the Gemma toy run failed: ${result.error}" }
+        val output = result.outputs.single()
+        assertEquals((case["tokens"] as List<*>).map { (it as Number).toLong() }, output.tokens, "tokens")
+        check(output.tokensPerSecond!! > 0) { "tokens per second" }
+        assertEquals(2, result.timings.components.getValue("prefill").n, "one prefill per run")
+        assertEquals(2 * (output.tokens!!.size - 1), result.timings.components.getValue("decode").n, "one decode per new token but the last")
+    }
 }

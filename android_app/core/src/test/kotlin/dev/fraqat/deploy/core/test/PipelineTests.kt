@@ -2,6 +2,8 @@ package dev.fraqat.deploy.core.test
 
 import dev.fraqat.deploy.core.ComponentRunner
 import dev.fraqat.deploy.core.FloatTensor
+import dev.fraqat.deploy.core.GemmaDecoder
+import dev.fraqat.deploy.core.GemmaSpec
 import dev.fraqat.deploy.core.LongTensor
 import dev.fraqat.deploy.core.PipelineSpec
 import dev.fraqat.deploy.core.Png
@@ -94,5 +96,46 @@ fun pipelineTests(s: Suite) {
         // 0.5 * 255 = 127.5 rounds to the even 128; 0.002 * 255 = 0.51 rounds to 1
         assertEquals(128, (argb[1] shr 16) and 0xFF, "half to even")
         assertEquals(1, argb[2] and 0xFF, "blue of pixel (2, 0)")
+    }
+}
+
+/** The toy prefill/decode graphs of `gemma.json` (their definition is written there). */
+class ToyGemma(private val spec: GemmaSpec, private val vocab: Int) : ComponentRunner {
+    override fun run(component: String, feed: Map<String, Tensor>): Map<String, Tensor> {
+        val ids = (feed.getValue("input_ids") as LongTensor).data
+        val positions = (feed.getValue("position_ids") as LongTensor).data
+        var s = 0L
+        if (component == "decode") {
+            val mask = (feed.getValue("attention_mask") as LongTensor).data
+            val keys = (feed.getValue("past_key_0") as FloatTensor).data
+            var sum = 0f
+            for (j in mask.indices) sum += mask[j] * keys[j * spec.headDim]
+            s = Math.round(sum).toLong() + 2 * ((feed["sliding_mask"] as LongTensor?)?.data?.sum() ?: 0L)
+        }
+        val n = ids.size
+        val logits = FloatArray(n * vocab) { k -> -kotlin.math.abs(((3 * ids[k / vocab] + 1 + s) % vocab - k % vocab).toFloat()) }
+        val out = linkedMapOf<String, Tensor>("logits" to FloatTensor(intArrayOf(1, n, vocab), logits))
+        for (i in 0 until spec.layers) {
+            out["key_$i"] = FloatTensor(intArrayOf(1, 1, n, 2), FloatArray(2 * n) { k -> if (k % 2 == 0) (ids[k / 2] + i).toFloat() else positions[k / 2].toFloat() })
+            out["value_$i"] = FloatTensor(intArrayOf(1, 1, n, 2), FloatArray(2 * n) { k -> if (k % 2 == 0) 0.5f * ids[k / 2] else i.toFloat() })
+        }
+        return out
+    }
+}
+
+fun gemmaTests(s: Suite) {
+    s.test("gemma: greedy decoding reproduces gemma.json (Python's greedy_decode on the same toy graphs)") {
+        val golden = example("gemma")
+        val specJson = asObject(golden["spec"], "spec")
+        val spec = GemmaSpec.fromJson(specJson)
+        assertEquals(GemmaSpec(10, 4, 2, 1, 2, 3, 0), spec, "spec read from pipeline.spec")
+        val model = ToyGemma(spec, (specJson["vocab"] as Number).toInt())
+        for (case in golden["cases"] as List<*>) {
+            val c = asObject(case, "case")
+            val prompt = (c["prompt"] as List<*>).map { (it as Number).toLong() }
+            val eos = (c["eos_token_id"] as Number?)?.toLong()
+            val tokens = GemmaDecoder.greedy(model, spec, prompt, (c["max_new_tokens"] as Number).toInt(), eos, Timed())
+            assertEquals((c["tokens"] as List<*>).map { (it as Number).toLong() }, tokens, "continuation of $prompt")
+        }
     }
 }

@@ -94,6 +94,7 @@ fun main(args: Array<String>) {
     numberTests(suite)
     tokenizerTests(suite)
     pipelineTests(suite)
+    gemmaTests(suite)
     engineTests(suite)
     var passed = 0
     var failed = 0
