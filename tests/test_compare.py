@@ -212,15 +212,17 @@ def test_phones_hub_and_the_latest_bench_of_each_device(runs, run_copy):
     add_device(run, "s25u", "20260102-000000-000", outputs,
                {"images/0.png": sim_png, "images/1.png": two_png, "images/2.png": changed})
     add_device(run, "s24u", "20260103-000000-000", [], {}, status="error")
-    add_device(run, "hub", "job-1", outputs[:1], {"images/0.png": sim_png}, model="Samsung Galaxy S25 Ultra",
-               record=False)
+    hub_dir = add_device(run, "hub-s25u", "job-1", outputs[:1], {"images/0.png": sim_png},
+                         model="Samsung Galaxy S25 Ultra", record=False)
+    (hub_dir / "hub.json").write_text(json.dumps({"where": "images: the phone's VAE decoder on the host latents"}))
     metrics = compare_run(run, onnx_cpu=False, prompts=SIM_PROMPTS)
     by = {s["key"]: s for s in metrics["sources"]}
-    assert [s["key"] for s in metrics["sources"]] == ["fp", "fake_quant", "sim", "s25u", "hub"]
-    phone, hub = by["s25u"], by["hub"]
+    assert [s["key"] for s in metrics["sources"]] == ["fp", "fake_quant", "sim", "s25u", "hub-s25u"]
+    phone, hub = by["s25u"], by["hub-s25u"]
     assert phone["kind"] == "phone" and phone["label"] == "SM-S938B (s25u)"
     assert phone["bench_id"] == "20260102-000000-000"
     assert hub["kind"] == "ai_hub" and hub["label"] == "AI Hub Samsung Galaxy S25 Ultra" and hub["bench_id"] == "job-1"
+    assert hub["where"] == "images: the phone's VAE decoder on the host latents"
     # the same PNG as the simulator's scores the same; the FP image of (two, seed 5) is drawn for the phone alone
     assert phone["outputs"][0]["psnr"] == pytest.approx(by["sim"]["outputs"][0]["psnr"], abs=1e-12)
     assert phone["outputs"][1]["psnr"] == PSNR_CAP_DB and phone["outputs"][1]["ssim"] == pytest.approx(1.0)

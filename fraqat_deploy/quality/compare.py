@@ -224,6 +224,8 @@ class ImageComparison:
         extra = {"device": d, "bench_id": device.bench_id, "folder": device.folder, "runtime": d.get("runtime")}
         if errors:
             extra["errors"] = errors
+        if device.where:
+            extra["where"] = device.where
         return self._scored(key, device.label, device.kind, pairs, images, extra)
 
     # -- scoring

@@ -24,6 +24,7 @@ METHOD_LABELS = {"fractional": "FraQAT", "vqat": "vQAT", "constant:4": "vQAT", "
                  "integer": "integer schedule", "simple": "simple schedule"}
 
 SIMULATOR_FOLDER = "sim"
+#: AI Hub benches: ``bench/hub-<target>/`` (``bench/hub/`` accepted too), result.json with runtime "htp"
 HUB_FOLDER = "hub"
 
 
@@ -56,6 +57,17 @@ class DeviceResult:
     skipped: str | None = None  # why this device contributes nothing
 
     @property
+    def where(self) -> str | None:
+        """What an AI Hub bench measured where (its ``hub.json``): profile inputs, host-side pipeline, ..."""
+        hub = self.path / "hub.json" if self.path and self.kind == "ai_hub" else None
+        if hub is None or not hub.is_file():
+            return None
+        try:
+            return json.loads(hub.read_text()).get("where")
+        except ValueError:
+            return None
+
+    @property
     def label(self) -> str:
         device = self.result.get("device", {})
         if self.kind == "simulator":
@@ -69,7 +81,7 @@ def device_kind(folder: str, result: Mapping[str, Any]) -> str:
     runtime = result.get("device", {}).get("runtime")
     if folder == SIMULATOR_FOLDER or runtime == "htp-simulator":
         return "simulator"
-    if folder == HUB_FOLDER and runtime == "htp":
+    if (folder == HUB_FOLDER or folder.startswith(f"{HUB_FOLDER}-")) and runtime == "htp":
         return "ai_hub"
     return "phone"
 

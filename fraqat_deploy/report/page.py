@@ -64,10 +64,11 @@ def table(header: Sequence[str], rows: Iterable[Sequence[object]], *, left: int 
         text = value.html if isinstance(value, Raw) else escape("" if value is None else str(value))
         return f"<{tag}{align}>{text}</{tag}>"
 
-    head = "".join(cell("th", h, i) for i, h in enumerate(header))
+    head = "".join(cell("th", h, i) for i, h in enumerate(header)) if any(header) else ""
     body = "".join("<tr>" + "".join(cell("td", v, i) for i, v in enumerate(row)) + "</tr>" for row in rows)
     klass = f' class="{cls}"' if cls else ""
-    return f"<table{klass}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    thead = f"<thead><tr>{head}</tr></thead>" if head else ""
+    return f"<table{klass}>{thead}<tbody>{body}</tbody></table>"
 
 
 class Raw:

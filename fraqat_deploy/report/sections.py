@@ -98,9 +98,10 @@ def image_grid(metrics: dict[str, Any], compare_dir: Path) -> str:
             alt = f"{s['label']}: {prompt} (seed {seed})"
             row.append(Raw(img(compare_dir / match["image"], alt) + "<br>".join(escape(c) for c in caption)))
         rows.append(row)
+    wheres = "".join(note(f"{s['label']}: {s['where']}") for s in sources if s.get("where"))
     return note("FP, baselines, this run and every device, side by side; under each image its PSNR and SSIM "
                 "against the FP image and, for digits, the digit the classifier reads.") + table(header, rows,
-                                                                                                  cls="grid")
+                                                                                                  cls="grid") + wheres
 
 
 def text_outputs(metrics: dict[str, Any]) -> str:
@@ -140,6 +141,8 @@ def latency(devices: list[DeviceResult]) -> str:
         html += f"<h3>{escape(title)}</h3>"
         if d.kind == "simulator":
             html += f'<p class="warn">{escape(SIMULATOR_CAVEAT)}</p>'
+        if d.where:
+            html += note(f"AI Hub: {d.where}.")
         device = r.get("device", {})
         cfg = r.get("config", {})
         html += note(f"{device.get('manufacturer', '')} {device.get('model', '')}, SoC {device.get('soc', '?')}, "
