@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from fraqat_deploy.errors import ConfigError, FraqatError
@@ -34,13 +35,13 @@ def _friendly(fn):
         except FraqatError as e:
             if _state["debug"]:
                 raise
-            console.print(f"[bold red]error:[/] {e.one_line()}", soft_wrap=True)
+            console.print(f"[bold red]error:[/] {escape(e.one_line())}", soft_wrap=True)
             raise typer.Exit(e.exit_code) from None
         except ScheduleError as e:  # quant/ imports nothing of ours: its errors are plain ValueErrors
             if _state["debug"]:
                 raise
-            console.print(f"[bold red]error:[/] {e}. Fix: see `fraqat-deploy schedules` for the forms and stage counts",
-                          soft_wrap=True)
+            console.print(f"[bold red]error:[/] {escape(str(e))}. Fix: see `fraqat-deploy schedules` for the forms "
+                          "and stage counts", soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             console.print("[bold red]interrupted[/]: what was written so far is kept; --resume continues")
@@ -197,16 +198,31 @@ def compile_cmd(
     component: Annotated[Optional[list[str]], typer.Option(help="Only these components.")] = None,
     allow_cpu_fallback: Annotated[bool, typer.Option(help="Let operators the HTP cannot run stay on the CPU.")] = False,
     force: Annotated[bool, typer.Option(help="Recompile even if the cache matches.")] = False,
+    backend: Annotated[str, typer.Option(help="local (onnxruntime-qnn on this machine) or hub (Qualcomm AI Hub).")]
+    = "local",
+    resume_job: Annotated[Optional[list[str]], typer.Option(help="hub: wait for these job ids instead of "
+                                                                 "submitting new ones.")] = None,
+    timeout: Annotated[float, typer.Option(help="hub: seconds to wait for the jobs.")] = 3600.0,
+    hub_device: Annotated[Optional[str], typer.Option(help="hub: the AI Hub device name, if not the target's.")]
+    = None,
+    qairt_version: Annotated[str, typer.Option(help="hub: QAIRT version ('auto': the local onnxruntime-qnn's).")]
+    = "auto",
 ) -> None:
-    """Compile exported components for the target's HTP (local onnxruntime-qnn), with HTP parity on the simulator."""
+    """Compile exported components for the target's HTP (local onnxruntime-qnn, or AI Hub), with HTP parity on the
+    simulator for the local back end."""
     from fraqat_deploy.compile.run import compile_run
     from fraqat_deploy.targets import get_target
 
     get_target(device)  # an unknown target fails before any work
+    if backend not in ("local", "hub"):
+        raise ConfigError(f"unknown backend '{backend}'", "use --backend local or --backend hub")
     if run is None:
         if out_dir is None:
             raise ConfigError("give --run <exported run>, or --out <folder> to quantize the FP model (PTQ) first")
         run = _ptq_run(model, source, tiny, out_dir)
+    if backend == "hub":
+        _hub_compile(run, device, resume_job, timeout, component, force, hub_device, qairt_version)
+        return
     result = compile_run(run, device, allow_cpu_fallback=allow_cpu_fallback, components=component, force=force)
     table = Table(title=f"compiled for {result['target']} (local QNN HTP compiler; parity on the host HTP simulator)")
     for col in ("component", "HTP ops", "CPU ops", "context bytes", "bytes/weight", "HTP vs CPU Q/DQ", "", "cached"):
@@ -220,6 +236,34 @@ def compile_cmd(
                       f"{rel:.2%} rel", "ok" if par["passed"] else "OVER TOLERANCE", "yes" if rec["cached"] else "no")
     out.print(table)
     out.print(f"written: {result['out']}  (compile.json, htp_parity.json, <component>_ctx.onnx + .bin)")
+
+
+def _hub_compile(run: Path, device: str, resume_job, timeout: float, component, force: bool, hub_device, qairt_version
+                 ) -> None:
+    from fraqat_deploy.compile.hub import hub_compile_run
+
+    with progress() as bar:
+        task = bar.add_task("AI Hub", total=None, info="")
+
+        def on_event(kind: str, data: dict) -> None:
+            if kind == "job":
+                bar.update(task, info=f"{data.get('label', '')} {data.get('state', '')}")
+            elif kind == "wait":
+                bar.update(task, total=data.get("total"), completed=data.get("done", 0))
+            elif kind in ("upload", "submit", "download"):
+                bar.update(task, description=kind, info=str(data.get("component") or data.get("job") or ""))
+
+        result = hub_compile_run(run, device, resume_job=resume_job or None, timeout_s=timeout, components=component,
+                                 force=force, hub_device=hub_device, qairt_version=qairt_version, on_event=on_event)
+    table = Table(title=f"compiled on Qualcomm AI Hub for {result['target']} ({result.get('device', '')})")
+    for col in ("component", "job", "context bytes", "cached"):
+        table.add_column(col)
+    for name, rec in result["records"].items():
+        hub = rec.get("hub", {})
+        table.add_row(name, hub.get("compile_job_url") or hub.get("compile_job_id") or "-",
+                      f"{rec.get('context_binary_bytes', 0):,}", "yes" if rec.get("cached") else "no")
+    out.print(table)
+    out.print(f"written: {result['out']}  (compile.json, <component>_ctx.onnx + .bin)")
 
 
 def _device_link(device: str, run: Path, target: str | None):
@@ -250,6 +294,50 @@ def quickstart_cmd(
     if result.skipped:
         out.print(f"  reused: {', '.join(result.skipped)}")
     out.print(f"report: {result.report}")
+
+
+@app.command("compare")
+@_friendly
+def compare_cmd(
+    run: Annotated[Path, typer.Option(help="The run to score.")],
+    baseline: Annotated[Optional[list[Path]], typer.Option(help="Other runs of the same model (PTQ, vQAT, ...). "
+                                                             "Default: the baselines the run records.")] = None,
+    prompt: Annotated[Optional[list[str]], typer.Option(help="Prompts (default: the model's own set).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the host-generated images.")] = 0,
+    lpips_weights: Annotated[Optional[Path], typer.Option(help="Local LPIPS weights (else LPIPS is unavailable).")]
+    = None,
+    inception_weights: Annotated[Optional[Path], typer.Option(help="Local Inception TorchScript for FID.")] = None,
+    clip_weights: Annotated[Optional[Path], typer.Option(help="Local CLIP folder for CLIP score / CLIP-FID.")] = None,
+) -> None:
+    """Pair every output (FP, fake-quant, ONNX CPU, simulator, phone, AI Hub, baselines) with the FP model's."""
+    import torch
+
+    from fraqat_deploy.quality.compare import compare_run, summary_rows
+    from fraqat_deploy.runs import RunDir
+
+    torch.set_num_threads(min(torch.get_num_threads(), 2))
+    baselines = list(baseline or [run / b for b in RunDir(run).manifest().get("baselines", [])])
+    metrics = compare_run(run, baselines, prompts=list(prompt) if prompt else None, seed=seed,
+                          lpips_weights=lpips_weights, inception_weights=inception_weights, clip_weights=clip_weights)
+    header, rows = summary_rows(metrics)
+    table = Table(title=f"{metrics['model']}: every source against the FP model ({len(metrics['prompts'])} prompts)")
+    for col in header:
+        table.add_column(str(col))
+    for row in rows:
+        table.add_row(*[str(c) for c in row])
+    out.print(table)
+    for skipped in metrics.get("skipped", []):
+        out.print(f"  skipped {skipped['source']}: {skipped['reason']}", markup=False)
+    out.print(f"written: {run / 'compare' / 'metrics.json'}")
+
+
+@app.command("report")
+@_friendly
+def report_cmd(run: Annotated[Path, typer.Option(help="The run to report on.")]) -> None:
+    """Write one self-contained report.html: images, latency and memory, training curves, compile figures."""
+    from fraqat_deploy.report import write_report
+
+    out.print(f"written: {write_report(run)}")
 
 
 @app.command("devices")
@@ -309,14 +397,23 @@ def bench_cmd(
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the result.")] = 1800.0,
     cooldown: Annotated[bool, typer.Option(help="Wait until the phone's thermal status is back to 0.")] = False,
     apk: Annotated[Optional[Path], typer.Option(help="Install this app build first.")] = None,
+    backend: Annotated[str, typer.Option(help="local (a phone over adb, or sim) or hub (Qualcomm AI Hub).")]
+    = "local",
+    resume_job: Annotated[Optional[list[str]], typer.Option(help="hub: wait for these job ids.")] = None,
+    hub_device: Annotated[Optional[str], typer.Option(help="hub: the AI Hub device name, if not the target's.")]
+    = None,
 ) -> None:
-    """Run the compiled model on a phone (over adb) or on the host HTP simulator; latency, memory and outputs."""
+    """Run the compiled model on a phone (over adb), on the host HTP simulator, or on AI Hub's hosted phones."""
     from fraqat_deploy.bench import bench
+    from fraqat_deploy.models import get_adapter
     from fraqat_deploy.train.load import load_trained
 
-    prompts = list(prompt or [])
-    if not prompts:
-        raise ConfigError("no prompt given", 'pass --prompt "a handwritten digit four"')
+    prompts = list(prompt or []) or [get_adapter(model).example_prompt]
+    if backend not in ("local", "hub"):
+        raise ConfigError(f"unknown backend '{backend}'", "use --backend local or --backend hub")
+    if backend == "hub":
+        _hub_bench(run, device, prompts, seed, steps, max_new_tokens, runs, timeout, resume_job, hub_device)
+        return
     link = _device_link(device, run, target)
     load_trained(run, model)  # the run holds this model (one-line error otherwise)
     with progress() as bar:
@@ -341,6 +438,27 @@ def bench_cmd(
     _bench_table(result.result, link.label)
     out.print(f"written: {result.out / 'result.json'}  ({len(result.pushed)} file(s) pushed, "
               f"{len(result.skipped)} already on the device)")
+
+
+def _hub_bench(run: Path, device: str, prompts, seed, steps, max_new_tokens, runs, timeout, resume_job, hub_device
+               ) -> None:
+    from fraqat_deploy.bench.hub import hub_bench
+
+    with progress() as bar:
+        task = bar.add_task("AI Hub", total=None, info="")
+
+        def on_event(kind: str, data: dict) -> None:
+            if kind == "job":
+                bar.update(task, info=f"{data.get('label', '')} {data.get('state', '')}")
+            elif kind == "wait":
+                bar.update(task, total=data.get("total"), completed=data.get("done", 0))
+
+        out_dir, result = hub_bench(run, device, prompts=prompts, seed=seed, steps=steps,
+                                    max_new_tokens=max_new_tokens, iterations=max(runs, 1) * 20,
+                                    timeout_s=timeout, resume_job=resume_job or None, hub_device=hub_device,
+                                    on_event=on_event)
+    _bench_table(result, f"hub-{device}")
+    out.print(f"written: {out_dir / 'result.json'}  (AI Hub jobs in hub.json)")
 
 
 def _bench_table(result: dict, label: str) -> None:

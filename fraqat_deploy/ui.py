@@ -23,6 +23,6 @@ def progress(disable: bool = False) -> Progress:
         TextColumn("left"),
         TimeRemainingColumn(),
         console=console,
-        disable=disable,
+        disable=disable or not console.is_terminal,  # a log file gets the results, not bar frames
         transient=False,
     )

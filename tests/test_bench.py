@@ -144,8 +144,8 @@ def test_bench_on_the_simulator_end_to_end(compiled: Path):
 
 
 def test_bench_errors(compiled: Path, tmp_path: Path):
-    no_prompt = runner.invoke(app, ["bench", "digits", "--run", str(compiled), "--device", "sim"])
-    assert no_prompt.exit_code != 0 and "--prompt" in no_prompt.output
+    bad_backend = runner.invoke(app, ["bench", "digits", "--run", str(compiled), "--backend", "cloud"])
+    assert bad_backend.exit_code != 0 and "--backend hub" in bad_backend.output
     not_compiled = runner.invoke(app, ["bench", "digits", "--run", str(compiled), "--device", "sim", "--target",
                                        "s23u", "--prompt", "x"])
     assert not_compiled.exit_code != 0 and "compile first" in not_compiled.output

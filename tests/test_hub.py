@@ -288,3 +288,22 @@ def test_bench_needs_a_hub_compile_for_its_target(hub, run):
                                          "transformer, vae_decoder")
     assert caught.value.fix == f"compile on AI Hub first: fraqat-deploy compile digits --run {run} --backend hub " \
                                "--device s24u"
+
+
+def test_cli_acceptance_commands(hub, run, compiled, tmp_path, monkeypatch):
+    """The issue's two commands through the CLI: without credentials one line naming the fix; with them (the
+    double) a bench with the model's default prompt."""
+    from typer.testing import CliRunner
+
+    from fraqat_deploy.cli import app
+
+    cli = CliRunner()
+    result = cli.invoke(app, ["bench", "digits", "--run", str(run), "--backend", "hub", "--device", "s25u",
+                              "--runs", "1", "--timeout", "120"])
+    assert result.exit_code == 0, result.output
+    assert "hub-s25u" in result.output and "result.json" in result.output
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("QAIHUB_CLIENT_INI", str(tmp_path / "missing.ini"))
+    failed = cli.invoke(app, ["compile", "digits", "--run", str(run), "--backend", "hub", "--device", "s25u"])
+    assert failed.exit_code != 0 and "qai-hub configure" in failed.output
+    assert len(failed.output.strip().splitlines()) == 1

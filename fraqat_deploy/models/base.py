@@ -89,6 +89,8 @@ class ModelAdapter(ABC):
     #: name pattern of the model's last layer (kept at A16 by the paper's on-device recipe)
     last_layer_patterns: ClassVar[tuple[str, ...]] = ()
 
+    #: what ``bench`` runs when no --prompt is given
+    example_prompt: ClassVar[str] = "a photo of a cat"
     #: the random-initialised architecture ``load(tiny=True)`` builds (JSON-able: it goes into the spec)
     tiny_config: ClassVar[dict[str, Any]] = {}
     #: what ``load`` says when neither a source nor --tiny is given: (message, fix)

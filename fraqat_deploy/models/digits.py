@@ -73,6 +73,7 @@ DIGITS_CONFIG: dict[str, Any] = {
 
 @register_model("digits")
 class DigitsAdapter(BuiltinModel, SanaAdapter):
+    example_prompt = "a handwritten digit seven"
     """A Sana adapter whose default model is the committed digits-Sana.
 
     ``load()`` (or ``load(None)``) is the committed model; ``load(folder)`` any Sana folder (the build script's

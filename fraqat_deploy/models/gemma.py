@@ -74,6 +74,7 @@ def stdlib_source_files() -> list[Path]:
 
 @register_model("gemma")
 class GemmaAdapter(ModelAdapter):
+    example_prompt = "def main("
     quant_targets = ("linear",)
     default_loss = "mse"
     ff_patterns = ("*.mlp.*",)
