@@ -238,23 +238,29 @@ def compile_cmd(
     out.print(f"written: {result['out']}  (compile.json, htp_parity.json, <component>_ctx.onnx + .bin)")
 
 
+def _hub_events(bar):
+    """The AI Hub back end's progress events (``compile/hub.py``, ``bench/hub.py``) on one progress line."""
+    task = bar.add_task("AI Hub", total=None, info="")
+
+    def on_event(kind: str, data: dict) -> None:
+        if kind == "job":
+            bar.update(task, info=f"{data.get('label', '')} {data.get('state', '')}")
+        elif kind == "wait":
+            bar.update(task, total=data.get("total"), completed=data.get("done", 0))
+        elif kind in ("upload", "submit", "download"):
+            bar.update(task, description=kind, info=str(data.get("component") or data.get("job") or ""))
+
+    return on_event
+
+
 def _hub_compile(run: Path, device: str, resume_job, timeout: float, component, force: bool, hub_device, qairt_version
                  ) -> None:
     from fraqat_deploy.compile.hub import hub_compile_run
 
     with progress() as bar:
-        task = bar.add_task("AI Hub", total=None, info="")
-
-        def on_event(kind: str, data: dict) -> None:
-            if kind == "job":
-                bar.update(task, info=f"{data.get('label', '')} {data.get('state', '')}")
-            elif kind == "wait":
-                bar.update(task, total=data.get("total"), completed=data.get("done", 0))
-            elif kind in ("upload", "submit", "download"):
-                bar.update(task, description=kind, info=str(data.get("component") or data.get("job") or ""))
-
         result = hub_compile_run(run, device, resume_job=resume_job or None, timeout_s=timeout, components=component,
-                                 force=force, hub_device=hub_device, qairt_version=qairt_version, on_event=on_event)
+                                 force=force, hub_device=hub_device, qairt_version=qairt_version,
+                                 on_event=_hub_events(bar))
     table = Table(title=f"compiled on Qualcomm AI Hub for {result['target']} ({result.get('device', '')})")
     for col in ("component", "job", "context bytes", "cached"):
         table.add_column(col)
@@ -445,18 +451,10 @@ def _hub_bench(run: Path, device: str, prompts, seed, steps, max_new_tokens, run
     from fraqat_deploy.bench.hub import hub_bench
 
     with progress() as bar:
-        task = bar.add_task("AI Hub", total=None, info="")
-
-        def on_event(kind: str, data: dict) -> None:
-            if kind == "job":
-                bar.update(task, info=f"{data.get('label', '')} {data.get('state', '')}")
-            elif kind == "wait":
-                bar.update(task, total=data.get("total"), completed=data.get("done", 0))
-
         out_dir, result = hub_bench(run, device, prompts=prompts, seed=seed, steps=steps,
                                     max_new_tokens=max_new_tokens, iterations=max(runs, 1) * 20,
                                     timeout_s=timeout, resume_job=resume_job or None, hub_device=hub_device,
-                                    on_event=on_event)
+                                    on_event=_hub_events(bar))
     _bench_table(result, f"hub-{device}")
     out.print(f"written: {out_dir / 'result.json'}  (AI Hub jobs in hub.json)")
 

@@ -5,4 +5,18 @@ compiled run (``compiled_digits``).
 ``virtual_phone``.
 """
 
+import pytest
+
 pytest_plugins = ["virtual_phone.fixtures", "run_fixtures"]
+
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models: more threads only add contention (and 10x slowdowns when another job shares the cores)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

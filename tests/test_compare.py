@@ -69,13 +69,7 @@ def add_device(run: Path, folder: str, bench_id: str, outputs: list[dict], image
     return out
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # tiny models: threads only add contention (and 10x slowdowns when another job shares the cores)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

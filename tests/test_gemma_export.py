@@ -32,12 +32,7 @@ runner = CliRunner()
 PROMPTS = ["def main():\n    ", "import os\nimport sys\n\nclass Foo", "x"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from test_compare import SIM_PROMPTS, add_device, digits_runs
 
@@ -28,12 +27,7 @@ needs_chromium = pytest.mark.skipif(find_browser() is None,
                                     reason="no chromium binary on PATH (apt-get install -y chromium)")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
