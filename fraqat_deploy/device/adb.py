@@ -183,7 +183,7 @@ class AdbLink(DeviceLink):
                                   "catalogue", "pass --target <alias> to run the binaries compiled for that SoC")
             target = matched.alias
         self.target = get_target(target).alias
-        self.label = self.target if target else device.serial
+        self.label = self.target  # results go to bench/<target alias>/<id>/, as for --device s25u
         self.pid: str | None = None
 
     def _remote(self, rel: str) -> str:

@@ -14,7 +14,6 @@ Its timings are host-simulator timings and its memory the host process's: the re
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import os
 import platform
@@ -171,10 +170,8 @@ class Engine:
             return self.write_result(self._result(status="error", error={
                 "kind": "out_of_memory", "message": "out of memory while running the model"},
                 errors=["out of memory"]))
-        except OSError as e:
-            if e.errno == errno.ENOSPC:
-                raise  # nothing can be written: the host sees no result and reports full storage
-            raise
+        # any other error (a full disk included: then nothing can be written) ends the process without a
+        # result, and the host reports the app's death with its log
 
     def _run(self) -> Path:
         self.status("loading", 0, 0, "reading the request")
