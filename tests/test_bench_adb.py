@@ -172,3 +172,41 @@ def test_connection_drop_during_the_run(phone, compiled_digits: Path):
     assert result.exit_code != 0
     assert "lost the connection" in result.output or "stopped without a result" in result.output
     assert "re-run" in result.output
+
+
+def _apk(tmp_path: Path, version: str) -> Path:
+    """An APK the virtual phone can install (its manifest in plain text; a real one is binary XML)."""
+    import zipfile
+
+    apk = tmp_path / f"app-{version}.apk"
+    with zipfile.ZipFile(apk, "w") as archive:
+        archive.writestr("AndroidManifest.xml", f'<manifest package="{PACKAGE}" android:versionCode="2" '
+                                                f'android:versionName="{version}"/>')
+        archive.writestr("classes.dex", b"dex\n035\0")
+    return apk
+
+
+def test_app_install_and_bench_with_apk(phone, compiled_digits: Path, tmp_path: Path):
+    phone.register_app(PACKAGE, benchmark_app)  # the code behind the package once it is installed
+    installed = runner.invoke(app, ["app", "install", "--apk", str(_apk(tmp_path, "0.2.0")), "--device", "s25u"])
+    assert installed.exit_code == 0 and "0.2.0" in installed.output, installed.output
+    result = bench(compiled_digits, "--apk", str(_apk(tmp_path, "0.3.0")))
+    assert result.exit_code == 0, result.output
+    assert [p for p, _ in phone.installed_apks] == [PACKAGE, PACKAGE]
+    missing = bench(compiled_digits, "--apk", str(tmp_path / "nope.apk"))
+    assert missing.exit_code != 0 and "no APK" in missing.output and "assembleDebug" in missing.output
+
+
+def test_cooldown_waits_for_thermal_status_0(virtual_phone, compiled_digits: Path, monkeypatch):
+    import threading
+
+    import fraqat_deploy.bench as bench_module
+
+    monkeypatch.setattr(bench_module, "COOLDOWN_POLL_S", 0.2)
+    hot = virtual_phone(thermal_status=3)
+    install(hot)
+    threading.Timer(1.0, lambda: setattr(hot, "thermal_status", 0)).start()
+    result = bench(compiled_digits, "--cooldown")
+    assert result.exit_code == 0, result.output
+    _, data = last_result(compiled_digits)
+    assert data["thermal"]["before"] == 0

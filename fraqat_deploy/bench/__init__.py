@@ -32,6 +32,8 @@ from fraqat_deploy.runs import RunDir, sha256_file, write_json_atomic
 
 DEFAULT_TIMEOUT_S = 1800.0
 POLL_S = 0.2
+#: how often --cooldown reads the thermal status
+COOLDOWN_POLL_S = 5.0
 #: how long an app that was never seen running may take to show up (or to leave its result)
 NEVER_STARTED_S = 10.0
 
@@ -303,7 +305,7 @@ def _cool_down(link: DeviceLink, event, limit_s: float = 900.0) -> None:
         if time.monotonic() > deadline:
             raise DeviceError(f"the phone is still at thermal status {status} after {limit_s:.0f} s",
                               "let it cool down, or run without --cooldown")
-        time.sleep(5)
+        time.sleep(COOLDOWN_POLL_S)
 
 
 def _decode_texts(run: Path, result: dict[str, Any]) -> dict[str, Any]:
