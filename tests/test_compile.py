@@ -253,6 +253,21 @@ def test_coverage_counts_boundary_apart(models: dict[str, Path], tmp_path: Path)
     assert weights["bytes_per_weight"] == pytest.approx(record["context_binary_bytes"] / 768)
 
 
+def test_the_cpu_reference_is_the_exact_qdq_arithmetic(models: dict[str, Path]) -> None:
+    """ONNX Runtime 1.32 fuses the int4 DQ -> MatMul into MatMulNBits rounding activations to int8 (~10 steps off);
+    the reference session must compute what the Q/DQ graph says, step for step."""
+    from fraqat_deploy.compile import cpu_session
+
+    model = onnx.load(str(models["int4"]))
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    x = _inputs(scale=0.3)["x"]
+    xq = np.clip(np.round(x / 1e-5), -32768, 32767) * 1e-5
+    y = xq.astype(np.float64) @ (inits["w_q"].astype(np.float64) * inits["w_scale"])
+    expected = np.clip(np.round(y / 1e-4), -32768, 32767) * 1e-4
+    got = cpu_session(models["int4"]).run(None, {"x": x})[0]
+    assert np.abs(got - expected).max() <= 1e-4 * 1.01  # at most one step, from float32 rounding at a tie
+
+
 def test_int4_per_channel_runs_entirely_on_the_htp(models: dict[str, Path], tmp_path: Path) -> None:
     record = compile_onnx(models["int4"], tmp_path, S25U, offload_io_quantization=False)
     assert record["coverage"]["htp"] == record["coverage"]["nodes"] == 6

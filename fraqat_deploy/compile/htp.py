@@ -142,11 +142,17 @@ def _model_arg(onnx_path: str | Path | bytes) -> str | bytes:
 
 
 def cpu_session(onnx_path: str | Path | bytes) -> ort.InferenceSession:
-    """The reference: the same ONNX on ONNX Runtime's CPU EP, one thread."""
+    """The reference: the same ONNX on ONNX Runtime's CPU EP, one thread, exact Q/DQ arithmetic.
+
+    ONNX Runtime 1.32 fuses DequantizeLinear(int4 weight) -> MatMul into MatMulNBits with accuracy level 4,
+    which rounds the activations to int8 on the way in: up to ~10 output steps off the Q/DQ arithmetic the
+    model describes (and the HTP computes). Accuracy level 0 keeps the fusion's speed with float activations.
+    """
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
+    so.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "0")
     return ort.InferenceSession(_model_arg(onnx_path), so, providers=["CPUExecutionProvider"])
 
 

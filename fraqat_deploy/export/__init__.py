@@ -28,10 +28,10 @@ from typing import Any
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
 from torch.overrides import TorchFunctionMode
 
+from fraqat_deploy.compile.htp import cpu_session
 from fraqat_deploy.errors import ConfigError, InputError
 from fraqat_deploy.export.graph import OPSET, export_float
 from fraqat_deploy.export.qdq import FIXED_OUTPUTS, RULE, apply_rule_to_weights, build_qdq
@@ -189,9 +189,7 @@ def export_component(component: Component, out: Path) -> dict[str, Any]:
         ref = module(*work.sample)
     refs = [ref] if isinstance(ref, torch.Tensor) else list(ref)
     floors = reference_floor(module, work.sample, layers, refs)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(str(qdq_path), options, providers=["CPUExecutionProvider"])
+    session = cpu_session(qdq_path)
     feed = {n: t.detach().cpu().numpy() for n, t in zip(work.input_names, work.sample, strict=True)}
     outputs = session.run(work.output_names, feed)
     parity = {name: parity_metrics(got, r.detach().float().cpu().numpy(), floor)
