@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-import sys
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -53,6 +53,8 @@ def _friendly(fn):
 @app.callback()
 def main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False) -> None:
     _state["debug"] = debug
+    if not console.is_terminal:  # logs get results, not Hugging Face's "Loading weights" bar frames
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 @app.command()
@@ -116,7 +118,7 @@ def train(
         granularity=granularity, weight_range=weight_range, trainable=trainable, exclude=tuple(exclude or ()),
         last_layer_a16=last_layer_a16, checkpoint_every=checkpoint_every, eval_every=eval_every, resume=resume,
     )
-    result = run_training(cfg, show_progress=sys.stderr.isatty() or True)
+    result = run_training(cfg)  # ui.progress draws bars only on a terminal
     table = Table(title=f"FraQAT {cfg.bit_schedule.name} on {model}")
     for col in ("stage", "bits", "val loss at start", "val loss at end"):
         table.add_column(col, justify="right")

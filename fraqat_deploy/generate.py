@@ -24,6 +24,11 @@ def generate(model: str, prompts: list[str], *, out: Path | None, run: Path | No
              source: str | None = None, tiny: bool = False, seed: int = 0, steps: int | None = None,
              guidance: float | None = None) -> list[str]:
     """Generate and write the outputs; returns what to tell the user, one line each."""
+    if out is not None:
+        out = out if out.suffix else out.with_suffix(".png")
+        Image.init()
+        if out.suffix.lower() not in Image.registered_extensions():
+            raise ConfigError(f"cannot write images as {out.suffix!r} ({out}): give --out a .png (or .jpg, .webp) file")
     if run is not None:
         trained = load_trained(run, model)
         adapter, fp, student, label = trained.adapter, trained.fp, trained.student, f"W4A8 student of {run}"
@@ -39,7 +44,7 @@ def generate(model: str, prompts: list[str], *, out: Path | None, run: Path | No
         raise ConfigError("an image model needs --out <file.png>")
     lines = []
     for i, (image, prompt) in enumerate(zip(result, prompts, strict=True)):
-        path = out if len(prompts) == 1 else out.with_name(f"{out.stem}-{i}{out.suffix or '.png'}")
+        path = out if len(prompts) == 1 else out.with_name(f"{out.stem}-{i}{out.suffix}")
         save_image(image, path)
         lines.append(f"{path}  '{prompt}'  seed {seed}  ({label})")
     return lines

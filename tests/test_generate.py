@@ -45,3 +45,13 @@ def test_generate_text_and_errors(tmp_path: Path):
     assert missing.exit_code != 0 and "no run at" in missing.output and "fraqat-deploy train" in missing.output
     no_out = runner.invoke(app, ["generate", "sana", "--tiny", "--prompt", "x"])
     assert no_out.exit_code != 0 and "--out" in no_out.output
+    bad_suffix = runner.invoke(app, ["generate", "sana", "--tiny", "--prompt", "x", "--out", str(tmp_path / "x.txt")])
+    assert bad_suffix.exit_code != 0 and "'.txt'" in bad_suffix.output and ".png" in bad_suffix.output
+    assert not (tmp_path / "x.txt").exists()
+
+
+def test_generate_out_without_a_suffix_writes_png(tmp_path: Path):
+    result = runner.invoke(app, ["generate", "sana", "--tiny", "--prompt", "a", "--prompt", "b",
+                                 "--out", str(tmp_path / "img")])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["img-0.png", "img-1.png"]
