@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 from pathlib import Path
@@ -11,7 +12,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from fraqat_deploy.errors import ConfigError, FraqatError
+from fraqat_deploy.errors import ConfigError, FraqatError, InputError
 from fraqat_deploy.quant.schedule import ScheduleError
 from fraqat_deploy.ui import console, out, progress
 
@@ -23,6 +24,18 @@ app = typer.Typer(
     add_completion=False,
 )
 _state = {"debug": False}
+
+
+def _os_error_line(e: OSError) -> str:
+    where = f" ({e.filename})" if e.filename else ""
+    what = e.strerror or str(e) or type(e).__name__
+    if e.errno == errno.ENOSPC:
+        fix = "free space on that disk (or pass another --out); finished stages are kept and reused"
+    elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        fix = "choose a folder you can write to"
+    else:
+        fix = "check the path; what was written so far is kept"
+    return f"{what}{where}. Fix: {fix}"
 
 
 def _friendly(fn):
@@ -43,6 +56,11 @@ def _friendly(fn):
             console.print(f"[bold red]error:[/] {escape(str(e))}. Fix: see `fraqat-deploy schedules` for the forms "
                           "and stage counts", soft_wrap=True)
             raise typer.Exit(2) from None
+        except OSError as e:  # a folder we cannot write, a full disk, a file that vanished
+            if _state["debug"]:
+                raise
+            console.print(f"[bold red]error:[/] {escape(_os_error_line(e))}", soft_wrap=True)
+            raise typer.Exit(1) from None
         except KeyboardInterrupt:
             console.print("[bold red]interrupted[/]: what was written so far is kept; --resume continues")
             raise typer.Exit(130) from None
@@ -140,7 +158,7 @@ def generate(
     source: Annotated[Optional[str], typer.Option(help="Hub id or local folder of the FP model.")] = None,
     tiny: Annotated[bool, typer.Option(help="The tiny random-initialised config.")] = False,
     seed: Annotated[int, typer.Option()] = 0,
-    steps: Annotated[Optional[int], typer.Option(help="Sampler steps (default: the model's).")] = None,
+    steps: Annotated[Optional[int], typer.Option(min=1, help="Sampler steps (default: the model's).")] = None,
     guidance: Annotated[Optional[float], typer.Option(help="Classifier-free guidance (default: the model's).")] = None,
 ) -> None:
     """Sample the full-precision model, or a trained run's quantized student (--run)."""
@@ -382,6 +400,8 @@ def app_install(
     """Install (or update) the fraqat-deploy app on a phone."""
     from fraqat_deploy.device.adb import app_version, install, select_device
 
+    if not apk.is_file():  # before looking for a phone: the local mistake first
+        raise InputError(f"no APK at {apk}", "build it with `./gradlew assembleDebug` in android_app/ (README)")
     phone = select_device(device)
     install(phone, apk)
     out.print(f"installed {apk.name} on {phone.serial} (version {app_version(phone) or 'unknown'})")
@@ -395,11 +415,11 @@ def bench_cmd(
     device: Annotated[str, typer.Option(help="'sim' (host HTP simulator), a phone serial, or a target alias (s25u).")]
     = "sim",
     prompt: Annotated[Optional[list[str]], typer.Option(help="Prompt (repeat for several).")] = None,
-    runs: Annotated[int, typer.Option(help="Measured runs (each generates every prompt).")] = 5,
-    warmup: Annotated[int, typer.Option(help="Warm-up runs, left out of the statistics.")] = 1,
+    runs: Annotated[int, typer.Option(min=1, help="Measured runs (each generates every prompt).")] = 5,
+    warmup: Annotated[int, typer.Option(min=0, help="Warm-up runs, left out of the statistics.")] = 1,
     seed: Annotated[int, typer.Option(help="Seed of the initial noise.")] = 0,
-    steps: Annotated[Optional[int], typer.Option(help="Sampling steps (default: the model's).")] = None,
-    max_new_tokens: Annotated[Optional[int], typer.Option(help="Tokens to generate (text models).")] = None,
+    steps: Annotated[Optional[int], typer.Option(min=1, help="Sampling steps (default: the model's).")] = None,
+    max_new_tokens: Annotated[Optional[int], typer.Option(min=1, help="Tokens to generate (text models).")] = None,
     target: Annotated[Optional[str], typer.Option(help="Compile target whose binaries to run (default: the phone's; "
                                                        "s25u for sim).")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the result.")] = 1800.0,
