@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from fraqat_deploy import __version__
+from fraqat_deploy.errors import InputError
 
 LIBRARIES = ("torch", "diffusers", "transformers", "safetensors", "onnx", "onnxruntime", "onnxruntime-qnn", "numpy")
 
@@ -26,6 +27,14 @@ def write_json_atomic(path: Path, data: Any) -> None:
         json.dump(data, f, indent=2, sort_keys=False)
         f.write("\n")
     os.replace(tmp, path)
+
+
+def read_json(path: Path, fix: str) -> Any:
+    """A JSON file of a run; a damaged one is a one-line error saying how to write it again."""
+    try:
+        return json.loads(Path(path).read_text())
+    except ValueError as e:
+        raise InputError(f"{path} is damaged (not valid JSON: {e})", fix) from None
 
 
 def sha256_file(path: Path) -> str:
@@ -65,7 +74,7 @@ class RunDir:
     def manifest(self) -> dict[str, Any]:
         if not self.exists():
             return {"tool": "fraqat-deploy", "created": _now(), "stages": {}}
-        return json.loads(self.manifest_path.read_text())
+        return read_json(self.manifest_path, "restore it from a copy, or train again into a new --out folder")
 
     def stage_dir(self, stage: str) -> Path:
         d = self.path / stage

@@ -151,6 +151,29 @@ def test_bench_errors(compiled: Path, tmp_path: Path):
     assert not_compiled.exit_code != 0 and "compile first" in not_compiled.output
 
 
+def test_damaged_run_files_are_one_line_errors(compiled: Path, tmp_path: Path):
+    """A context binary changed since compile (same size) or a damaged JSON never reaches the device."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(compiled, run, ignore=shutil.ignore_patterns("bench"))
+    binary = run / "compile" / "s25u" / "vae_decoder_ctx_qnn.bin"
+    data = bytearray(binary.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    binary.write_bytes(bytes(data))
+    damaged = runner.invoke(app, ["bench", "digits", "--run", str(run), "--device", "sim", "--runs", "1",
+                                  "--prompt", "x"])
+    assert damaged.exit_code == 2 and "not the file the compile wrote" in damaged.output, damaged.output
+    assert "fraqat-deploy compile" in damaged.output and not list(run.glob("bench/**/result.json"))
+
+    (run / "compile" / "s25u" / "compile.json").write_text("{")
+    broken = runner.invoke(app, ["bench", "digits", "--run", str(run), "--device", "sim", "--prompt", "x"])
+    assert broken.exit_code == 2 and "compile.json is damaged" in broken.output, broken.output
+    (run / "run.json").write_text("{")
+    broken = runner.invoke(app, ["compare", "--run", str(run)])
+    assert broken.exit_code == 2 and "run.json is damaged" in broken.output, broken.output
+
+
 def test_a_missing_model_file_ends_in_an_error_result(compiled: Path, tmp_path: Path):
     """The engine (the app's counterpart) reports a missing model in result.json instead of dying."""
     from fraqat_deploy.device.engine import Engine

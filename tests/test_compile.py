@@ -300,6 +300,13 @@ def test_cache_reuses_identical_runs(models: dict[str, Path], tmp_path: Path, mo
     (tmp_path / "mlp_ctx_qnn.bin").unlink()
     again = compile_cached(models["mlp"], tmp_path, "s25u", offload_io_quantization=False)
     assert again["cached"] is False and (tmp_path / "mlp_ctx_qnn.bin").is_file()
+    # So is a binary damaged in place (same size, other bytes).
+    binary = tmp_path / "mlp_ctx_qnn.bin"
+    data = bytearray(binary.read_bytes())
+    data[-100] ^= 0xFF
+    binary.write_bytes(bytes(data))
+    assert compile_cached(models["mlp"], tmp_path, "s25u", offload_io_quantization=False)["cached"] is False
+    assert compile_cached(models["mlp"], tmp_path, "s25u", offload_io_quantization=False)["cached"] is True
 
 
 def test_cache_key_follows_the_model_bytes(models: dict[str, Path], tmp_path: Path) -> None:

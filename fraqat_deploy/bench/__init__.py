@@ -28,7 +28,7 @@ from fraqat_deploy.device.protocol import (
     validate,
 )
 from fraqat_deploy.errors import ConfigError, DeviceError, InputError
-from fraqat_deploy.runs import RunDir, sha256_file, write_json_atomic
+from fraqat_deploy.runs import RunDir, read_json, sha256_file, write_json_atomic
 
 DEFAULT_TIMEOUT_S = 1800.0
 POLL_S = 0.2
@@ -56,7 +56,7 @@ def _compiled(run: Path, target: str) -> tuple[Path, dict[str, Any]]:
     if not path.is_file():
         raise InputError(f"{run} has no context binaries for {target}",
                          f"compile first: fraqat-deploy compile <model> --run {run} --device {target}")
-    return folder, json.loads(path.read_text())
+    return folder, read_json(path, f"compile again: fraqat-deploy compile <model> --run {run} --device {target}")
 
 
 def build_request(run: Path, link: DeviceLink, out: Path, bench_id: str, *, prompts: list[str], seed: int,
@@ -70,7 +70,7 @@ def build_request(run: Path, link: DeviceLink, out: Path, bench_id: str, *, prom
     components = compiled.get("components", {})
     if not components:
         raise InputError(f"{folder / 'compile.json'} lists no components", "re-run fraqat-deploy compile")
-    export = json.loads((run / "export" / "export.json").read_text())
+    export = read_json(run / "export" / "export.json", f"export again: fraqat-deploy export <model> --run {run}")
     trained = load_trained(run)
     bench_inputs = getattr(trained.adapter, "bench_inputs", None)
     if bench_inputs is None:
@@ -87,6 +87,11 @@ def build_request(run: Path, link: DeviceLink, out: Path, bench_id: str, *, prom
         if missing:
             raise InputError(f"{missing[0]} is missing", f"re-run fraqat-deploy compile --device {link.target} --force")
         digests = [sha256_file(f) for f in local]
+        recorded = record.get("file_sha256") or {}
+        for f, digest in zip(local, digests, strict=True):
+            if recorded.get(f.name, digest) != digest:
+                raise InputError(f"{f} is not the file the compile wrote (damaged or replaced)",
+                                 f"compile again: fraqat-deploy compile <model> --run {run} --device {link.target}")
         # one folder per component build, named by the hash of its files (the ctx model finds its .bin beside it)
         folder_name = hashlib.sha256("".join(digests).encode()).hexdigest()[:16]
         entries = []

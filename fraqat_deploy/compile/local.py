@@ -38,6 +38,7 @@ from fraqat_deploy.compile.htp import (
     session_options,
 )
 from fraqat_deploy.errors import ConfigError, InputError
+from fraqat_deploy.runs import sha256_file
 from fraqat_deploy.targets import Target, get_target
 
 COMPILE_JSON = "compile.json"
@@ -327,6 +328,7 @@ def compile_onnx(
         "ctx_onnx": ctx_name,
         "context_binaries": bins,
         "files": {name: (out_dir / name).stat().st_size for name in produced},
+        "file_sha256": {name: sha256_file(out_dir / name) for name in produced},
         "context_binary_bytes": bin_bytes,
         "target": target.alias,
         "device": target.name,
@@ -393,9 +395,13 @@ def _write_compile_json(out_dir: Path, data: dict[str, Any]) -> None:
 
 
 def _outputs_intact(out_dir: Path, record: Mapping[str, Any]) -> bool:
+    """Every file the compile wrote is there with its size and (when recorded) its sha256."""
     files = record.get("files") or {}
+    digests = record.get("file_sha256") or {}
     return bool(files) and all(
-        (out_dir / name).is_file() and (out_dir / name).stat().st_size == size for name, size in files.items()
+        (out_dir / name).is_file() and (out_dir / name).stat().st_size == size
+        and (name not in digests or sha256_file(out_dir / name) == digests[name])
+        for name, size in files.items()
     )
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +10,7 @@ import numpy as np
 from fraqat_deploy.compile.local import compile_cached, htp_parity
 from fraqat_deploy.errors import ConfigError, InputError
 from fraqat_deploy.export import load_inputs
-from fraqat_deploy.runs import RunDir, write_json_atomic
+from fraqat_deploy.runs import RunDir, read_json, write_json_atomic
 from fraqat_deploy.targets import get_target
 
 
@@ -19,7 +18,7 @@ def read_export(run: Path) -> dict[str, Any]:
     path = Path(run) / "export" / "export.json"
     if not path.is_file():
         raise InputError(f"{run} has no export", f"export it first: fraqat-deploy export <model> --run {run}")
-    return json.loads(path.read_text())
+    return read_json(path, f"export again: fraqat-deploy export <model> --run {run}")
 
 
 #: how many of the exported calibration inputs HTP parity runs (the first is often the "" prompt, whose tokens
