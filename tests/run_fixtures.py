@@ -20,3 +20,17 @@ def compiled_digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
     export_run(run, "digits")
     compile_run(run, "s25u")
     return run
+
+
+@pytest.fixture(scope="session")
+def exported_tiny_gemma(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A short FraQAT W4A8 tiny-Gemma run, exported (prefill + decode graphs). Tests that compile into a run of
+    their own copy it without compile/ and bench/."""
+    from fraqat_deploy.export import export_run
+    from fraqat_deploy.train import TrainConfig, train
+
+    run = tmp_path_factory.mktemp("gemma") / "g1"
+    train(TrainConfig(model="tiny-gemma", out=run, schedule="fractional", steps=9, batch_size=4, n_train=16,
+                      n_val=4, calib_samples=8), show_progress=False)
+    export_run(run, "tiny-gemma")
+    return run

@@ -26,7 +26,6 @@ from fraqat_deploy.models.gemma_graphs import (
     session_runner,
     torch_runner,
 )
-from fraqat_deploy.train import TrainConfig, train
 
 runner = CliRunner()
 PROMPTS = ["def main():\n    ", "import os\nimport sys\n\nclass Foo", "x"]
@@ -149,13 +148,8 @@ def test_components_are_calibrated_on_greedy_runs(embedded: LoadedModel):
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("gemma") / "g1"
-    train(TrainConfig(model="tiny-gemma", out=out, schedule="fractional", steps=9, batch_size=4, n_train=16,
-                      n_val=4, calib_samples=8), show_progress=False)
-    result = runner.invoke(app, ["export", "tiny-gemma", "--run", str(out)])
-    assert result.exit_code == 0, result.output
-    return out
+def run(exported_tiny_gemma: Path) -> Path:
+    return exported_tiny_gemma
 
 
 def test_export_parity_and_graph(run: Path):

@@ -307,3 +307,32 @@ def test_cli_acceptance_commands(hub, run, compiled, tmp_path, monkeypatch):
     failed = cli.invoke(app, ["compile", "digits", "--run", str(run), "--backend", "hub", "--device", "s25u"])
     assert failed.exit_code != 0 and "qai-hub configure" in failed.output
     assert len(failed.output.strip().splitlines()) == 1
+
+
+def test_tiny_gemma_compiles_profiles_and_generates_on_the_hub(hub, exported_tiny_gemma, tmp_path):
+    """Gemma's two graphs on AI Hub: the host keeps the KV cache and replays every prefill/decode call of its greedy
+    loop as one inference job per graph; the phone's outputs for those calls are checked against the host's."""
+    import shutil
+
+    run = tmp_path / "g1"
+    shutil.copytree(exported_tiny_gemma, run, ignore=shutil.ignore_patterns("compile", "bench"))
+    compiled = hub_compile_run(run, "s25u", **FAST)
+    assert sorted(compiled["uploaded"]) == ["decode", "prefill"]
+    records = json.loads((run / "compile" / "s25u" / "compile.json").read_text())["components"]
+    assert {name: r["backend"] for name, r in records.items()} == {"prefill": "hub", "decode": "hub"}
+
+    new_tokens = 3
+    out, result = hub_bench(run, "s25u", prompts=["def main("], max_new_tokens=new_tokens, iterations=3, **FAST)
+    validate("result", json.loads((out / "result.json").read_text()))
+    (output,) = result["outputs"]
+    assert output["text"].startswith("def main(") and 1 <= len(output["tokens"]) <= new_tokens
+    info = json.loads((out / "hub.json").read_text())
+    assert sorted(info["jobs"]) == sorted(f"{k} {c}" for k in ("profile", "inference") for c in ("prefill", "decode"))
+    sent = {}
+    for c in ("prefill", "decode"):
+        with h5py.File(hub.datasets[hub.jobs[info["jobs"][f"inference {c}"]["job_id"]].dataset_id].blob) as h5:
+            sent[c] = len(next(iter(h5_to_dataset_entries(h5).values())))
+    assert sent == {"prefill": 1, "decode": len(output["tokens"]) - 1}
+    assert all(p["passed"] for per in info["parity"].values() for p in per.values()), info["parity"]
+    assert {name: stats["n"] for name, stats in result["timings_ms"]["components"].items()} == {"prefill": 3,
+                                                                                               "decode": 3}
