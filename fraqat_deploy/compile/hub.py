@@ -37,16 +37,16 @@ import onnx
 from fraqat_deploy.compile.local import (
     COMPILE_FORMAT,
     EP_CONTEXT_OP,
-    _attr,
-    _outputs_intact,
     boundary_node_names,
     external_data_files,
     load_model,
     model_digest,
+    node_attr,
+    outputs_intact,
     read_compile_json,
 )
 from fraqat_deploy.errors import ConfigError, DeviceError, FraqatError, InputError
-from fraqat_deploy.runs import RunDir, write_json_atomic
+from fraqat_deploy.runs import RunDir, sha256_file, write_json_atomic
 from fraqat_deploy.targets import Target, get_target
 
 TARGET_RUNTIME = "precompiled_qnn_onnx"
@@ -280,7 +280,7 @@ def install_target_model(downloaded: Path, out_dir: Path, stem: str) -> dict[str
         renamed: dict[str, str] = {}
         for node in ep_nodes:
             for attr in node.attribute:
-                if attr.name == "ep_cache_context" and _attr(node, "embed_mode") in (0, None):
+                if attr.name == "ep_cache_context" and node_attr(node, "embed_mode") in (0, None):
                     ref = attr.s.decode()
                     if ref not in renamed:
                         renamed[ref] = f"{stem}_ctx_qnn{'' if not renamed else f'_{len(renamed)}'}.bin"
@@ -303,8 +303,9 @@ def install_target_model(downloaded: Path, out_dir: Path, stem: str) -> dict[str
         "ctx_onnx": ctx_name,
         "context_binaries": list(renamed.values()),
         "files": {name: (out_dir / name).stat().st_size for name in produced},
+        "file_sha256": {name: sha256_file(out_dir / name) for name in produced},
         "context_binary_bytes": sum((out_dir / b).stat().st_size for b in renamed.values()),
-        "ep_sdk_version": next((_attr(n, "ep_sdk_version") for n in ep_nodes if _attr(n, "ep_sdk_version")), None),
+        "ep_sdk_version": next((v for v in (node_attr(n, "ep_sdk_version") for n in ep_nodes) if v), None),
         "coverage": {
             "nodes": len(model.graph.node),
             "ep_context_partitions": len(ep_nodes),
@@ -403,7 +404,7 @@ def hub_compile_run(run: Path, device: str, *, resume_job: str | list[str] | Non
         same = (previous.get("backend") == "hub" and previous.get("input_sha256") == digest
                 and previous.get("options", {}).get("hub_options") == options_text
                 and hub_info.get("device") == session.device.name)
-        if same and not force and not resume_ids and _outputs_intact(out, previous):
+        if same and not force and not resume_ids and outputs_intact(out, previous):
             records[name] = dict(previous) | {"cached": True}
             continue
         known = hub_info.get("model_id") if previous.get("input_sha256") == digest else None

@@ -203,7 +203,7 @@ def _ep_context_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
     return [n for n in model.graph.node if n.op_type == EP_CONTEXT_OP]
 
 
-def _attr(node: onnx.NodeProto, name: str) -> Any:
+def node_attr(node: onnx.NodeProto, name: str) -> Any:
     for attr in node.attribute:
         if attr.name == name:
             value = onnx.helper.get_attribute_value(attr)
@@ -299,9 +299,9 @@ def compile_onnx(
         ep_nodes = _ep_context_nodes(ctx_model)
         bins = sorted(
             {
-                _attr(n, "ep_cache_context")
+                node_attr(n, "ep_cache_context")
                 for n in ep_nodes
-                if _attr(n, "embed_mode") == 0 and _attr(n, "main_context") in (1, None)
+                if node_attr(n, "embed_mode") == 0 and node_attr(n, "main_context") in (1, None)
             }
             - {None}
         )
@@ -321,7 +321,7 @@ def compile_onnx(
     bin_bytes = sum((out_dir / b).stat().st_size for b in bins)
     weights = weight_stats(model)
     weights["bytes_per_weight"] = bin_bytes / weights["elements"] if weights["elements"] else None
-    sdk = sorted({_attr(n, "ep_sdk_version") for n in ep_nodes} - {None})
+    sdk = sorted({node_attr(n, "ep_sdk_version") for n in ep_nodes} - {None})
     return {
         "component": stem,
         "input": str(qdq_onnx),
@@ -394,7 +394,7 @@ def _write_compile_json(out_dir: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, out_dir / COMPILE_JSON)
 
 
-def _outputs_intact(out_dir: Path, record: Mapping[str, Any]) -> bool:
+def outputs_intact(out_dir: Path, record: Mapping[str, Any]) -> bool:
     """Every file the compile wrote is there with its size and (when recorded) its sha256."""
     files = record.get("files") or {}
     digests = record.get("file_sha256") or {}
@@ -426,7 +426,7 @@ def compile_cached(
     data = read_compile_json(out_dir)
     stem = qdq_onnx.stem
     previous = data["components"].get(stem)
-    if not force and previous and previous.get("cache_key") == key and _outputs_intact(out_dir, previous):
+    if not force and previous and previous.get("cache_key") == key and outputs_intact(out_dir, previous):
         return dict(previous) | {"cached": True}
     record = compile_onnx(
         qdq_onnx,
@@ -544,8 +544,8 @@ def htp_parity(
     qdq_onnx = Path(qdq_onnx)
     ctx_model = load_model(ctx_onnx, what="compiled EPContext model", stage="compile")
     for node in _ep_context_nodes(ctx_model):
-        binary = _attr(node, "ep_cache_context")
-        if _attr(node, "embed_mode") == 0 and binary and not (ctx_onnx.parent / binary).is_file():
+        binary = node_attr(node, "ep_cache_context")
+        if node_attr(node, "embed_mode") == 0 and binary and not (ctx_onnx.parent / binary).is_file():
             raise InputError(
                 f"the context binary {binary} of {ctx_onnx.name} is missing",
                 fix="keep the .bin beside the _ctx.onnx, or re-run `fraqat-deploy compile`",
