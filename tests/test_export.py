@@ -131,6 +131,40 @@ def test_compile_for_s25u_and_htp_parity(exported: Path):
         == {k: v for k, v in mtimes.items() if not k.endswith(".json")}
 
 
+def test_a_graph_over_the_protobuf_limit_uses_external_data(exported: Path, tmp_path: Path, monkeypatch):
+    """With the 2 GB limit lowered to nothing, every graph of the export goes through the external-data path a real
+    Sana takes (float graph, calibration probe, Q/DQ graph, checker, compile, HTP parity) and comes out the same."""
+    import shutil
+
+    from fraqat_deploy import onnx_io
+    from fraqat_deploy.export import export_run
+
+    run = tmp_path / "big"
+    shutil.copytree(exported, run, ignore=shutil.ignore_patterns("export", "compile", "bench"))
+    monkeypatch.setattr(onnx_io, "EXTERNAL_DATA_BYTES", 1)
+    export_run(run, "sana", components=["transformer"])
+    out = run / "export"
+    for name in ("transformer.onnx", "transformer.float.onnx"):
+        assert (out / f"{name}.data").stat().st_size > 0, name
+        inline = onnx.load(str(out / name), load_external_data=False)
+        # every tensor over the inline size moved out (INT4/INT8/INT32 too: packed raw bytes, not int32_data)
+        stayed = [t.name for t in inline.graph.initializer
+                  if t.data_location != onnx.TensorProto.EXTERNAL and t.ByteSize() > 2 * onnx_io.INLINE_TENSOR_BYTES]
+        assert stayed == [], (name, stayed[:5])
+    big = onnx.load(str(out / "transformer.onnx"))
+    small = onnx.load(str(exported / "export" / "transformer.onnx"))
+    assert [n.op_type for n in big.graph.node] == [n.op_type for n in small.graph.node]
+    small_inits = {i.name: numpy_helper.to_array(i) for i in small.graph.initializer}
+    for init in big.graph.initializer:
+        np.testing.assert_array_equal(numpy_helper.to_array(init), small_inits[init.name], err_msg=init.name)
+    assert json.loads((out / "parity.json").read_text())["components"]["transformer"]["velocity"]["passed"]
+
+    result = compile_run(run, "s25u")
+    assert result["records"]["transformer"]["coverage"]["cpu_fallback"] == 0
+    parity = json.loads((run / "compile" / "s25u" / "htp_parity.json").read_text())["components"]["transformer"]
+    assert parity["passed"], parity
+
+
 class _PositionThenNorm(torch.nn.Module):
     """x + a position embedding broadcast over the batch, then LayerNorm: Sana's patch embedding -> norm1."""
 

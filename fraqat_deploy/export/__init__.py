@@ -37,6 +37,7 @@ from fraqat_deploy.export.graph import OPSET, export_float
 from fraqat_deploy.export.qdq import FIXED_OUTPUTS, RULE, apply_rule_to_weights, build_qdq
 from fraqat_deploy.models.base import Component
 from fraqat_deploy.models.htp_forms import htp_forms
+from fraqat_deploy.onnx_io import check_model, save_model
 from fraqat_deploy.quant import quant_layers
 from fraqat_deploy.runs import RunDir, sha256_file, write_json_atomic
 from fraqat_deploy.train.load import load_trained
@@ -45,7 +46,6 @@ MEAN_STEPS_TOL = 1.0
 MAX_STEPS_TOL = 4.0
 FLOOR_DRAWS = 4
 FLOOR_FACTOR = 2.0
-TWO_GB = 2 << 30
 
 
 def parity_metrics(got: np.ndarray, ref: np.ndarray, floor: dict[str, float] | None = None) -> dict[str, Any]:
@@ -153,14 +153,6 @@ def load_inputs(path: Path, index: int = 0) -> dict[str, np.ndarray]:
         return {k[len(prefix):]: data[k] for k in data.files if k.startswith(prefix)}
 
 
-def _save_onnx(model: onnx.ModelProto, path: Path) -> None:
-    if model.ByteSize() >= TWO_GB - (64 << 20):
-        onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                  location=f"{path.name}.data", size_threshold=1024)
-    else:
-        onnx.save(model, str(path))
-
-
 def export_component(component: Component, out: Path) -> dict[str, Any]:
     """One component: HTP forms, the rule's weights, float export, Q/DQ, parity. Returns its record."""
     started = time.perf_counter()
@@ -175,12 +167,12 @@ def export_component(component: Component, out: Path) -> dict[str, Any]:
     float_path, qdq_path = out / f"{component.name}.float.onnx", out / f"{component.name}.onnx"
     float_model = export_float(work, float_path)
     qdq_model, report = build_qdq(float_model, module, work.input_names, work.calibration)
+    save_model(qdq_model, qdq_path)
     try:
-        onnx.checker.check_model(qdq_model)
+        check_model(qdq_model, qdq_path)
     except onnx.checker.ValidationError as e:
         raise ConfigError(f"the Q/DQ graph of '{component.name}' is invalid: {str(e).splitlines()[0]}",
                           "report this export as a bug") from None
-    _save_onnx(qdq_model, qdq_path)
     save_inputs(component, out / f"{component.name}.inputs.npz")
 
     for layer in layers.values():

@@ -21,6 +21,7 @@ from torch import nn
 
 from fraqat_deploy.errors import ConfigError
 from fraqat_deploy.models.base import Component
+from fraqat_deploy.onnx_io import save_model
 
 OPSET = 21
 WEIGHT_OPS = ("MatMul", "Gemm", "Conv")
@@ -54,7 +55,7 @@ def export_float(component: Component, path: Path) -> onnx.ModelProto:
     model = program.model_proto
     _square_instead_of_pow(model)
     _materialize_batch_broadcast(model)
-    onnx.save(model, str(path))
+    save_model(model, path)
     return model
 
 

@@ -25,6 +25,7 @@ from torch import nn
 
 from fraqat_deploy.errors import ConfigError
 from fraqat_deploy.export.graph import LayerNode, weight_layer_nodes
+from fraqat_deploy.onnx_io import infer_shapes, session_source
 from fraqat_deploy.quant import ActivationEncoding, quantize_weight
 from fraqat_deploy.quant.modules import QuantMixin, is_quant_layer
 
@@ -68,26 +69,31 @@ def widened(enc: ActivationEncoding) -> ActivationEncoding:
 def calibrate_ranges(model: onnx.ModelProto, input_names: list[str], calibration: list[tuple[torch.Tensor, ...]]
                      ) -> dict[str, tuple[float, float]]:
     """min / max of every float tensor over the calibration inputs (ONNX Runtime, CPU)."""
-    inferred = onnx.shape_inference.infer_shapes(model)
+    inferred = infer_shapes(model)
     infos = list(inferred.graph.value_info) + list(inferred.graph.output) + list(inferred.graph.input)
     floats = {vi.name for vi in infos if vi.type.tensor_type.elem_type == TensorProto.FLOAT}
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    del probe.graph.output[:]
     names = sorted(floats - {i.name for i in model.graph.initializer})
-    for name in names:
-        probe.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+    # every float tensor as an output, on the model itself (a copy of a 10 GB graph would double the memory)
+    outputs = [onnx.ValueInfoProto.FromString(o.SerializeToString()) for o in model.graph.output]
+    del model.graph.output[:]
+    model.graph.output.extend(helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in names)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.intra_op_num_threads = 1
-    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
     ranges: dict[str, tuple[float, float]] = {}
-    for row in calibration:
-        feed = {n: t.detach().cpu().numpy() for n, t in zip(input_names, row, strict=True)}
-        for name, value in zip(names, session.run(names, feed), strict=True):
-            lo, hi = float(np.min(value)), float(np.max(value))
-            old = ranges.get(name, (lo, hi))
-            ranges[name] = (min(old[0], lo), max(old[1], hi))
+    try:
+        with session_source(model) as source:
+            session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+            for row in calibration:
+                feed = {n: t.detach().cpu().numpy() for n, t in zip(input_names, row, strict=True)}
+                for name, value in zip(names, session.run(names, feed), strict=True):
+                    lo, hi = float(np.min(value)), float(np.max(value))
+                    old = ranges.get(name, (lo, hi))
+                    ranges[name] = (min(old[0], lo), max(old[1], hi))
+            del session
+    finally:
+        del model.graph.output[:]
+        model.graph.output.extend(outputs)
     return ranges
 
 
@@ -101,6 +107,19 @@ class QdqReport:
 
     def to_dict(self) -> dict[str, Any]:
         return self.__dict__
+
+
+def int_tensor(name: str, dtype: int, values: np.ndarray) -> onnx.TensorProto:
+    """An integer initializer as packed raw bytes (INT4: two per byte, the first in the low nibble), the form
+    that can move to an external data file; typed fields (int32_data) take 4+ bytes an element and cannot."""
+    values = np.asarray(values).astype(np.int64)
+    if dtype in (TensorProto.INT4, TensorProto.UINT4):
+        flat = values.reshape(-1) & 0x0F
+        if flat.size % 2:
+            flat = np.append(flat, 0)
+        packed = (flat[0::2] | (flat[1::2] << 4)).astype(np.uint8)
+        return helper.make_tensor(name, dtype, values.shape, packed.tobytes(), raw=True)
+    return numpy_helper.from_array(values.astype(helper.tensor_dtype_to_np_dtype(dtype)), name)
 
 
 class _Builder:
@@ -140,10 +159,9 @@ class _Builder:
 
     def weight(self, name: str, q: np.ndarray, scale: np.ndarray, axis: int | None, dtype: int) -> str:
         qn = f"{name}_int"
-        self.inits.append(helper.make_tensor(qn, dtype, q.shape, q.astype(np.int64).flatten().tolist()))
-        zp = np.zeros(scale.shape, dtype=np.int32)
+        self.inits.append(int_tensor(qn, dtype, q))
         zpn = f"{name}_zp"
-        self.inits.append(helper.make_tensor(zpn, dtype, zp.shape, zp.flatten().tolist()))
+        self.inits.append(int_tensor(zpn, dtype, np.zeros(scale.shape, dtype=np.int64)))
         sn = self.const(f"{name}_scale", scale.astype(np.float32))
         attrs = {"axis": axis} if axis is not None and scale.size > 1 else {}
         self.nodes.append(helper.make_node("DequantizeLinear", [qn, sn, zpn], [f"{name}_dq"], name=f"{name}_DQ",
@@ -262,7 +280,7 @@ def build_qdq(model: onnx.ModelProto, module: nn.Module, input_names: list[str],
                     s = (in_scale * w_scale[node.name]).astype(np.float32)
                     qb = np.round(value / (s if s.size > 1 else s.reshape(()))).astype(np.int64)
                     qn = f"{name}_int"
-                    b.inits.append(helper.make_tensor(qn, TensorProto.INT32, qb.shape, qb.flatten().tolist()))
+                    b.inits.append(int_tensor(qn, TensorProto.INT32, qb))
                     zpn = b.const(f"{name}_zp", np.zeros(s.shape, dtype=np.int32))
                     sn = b.const(f"{name}_scale", s)
                     attrs = {"axis": 0} if s.size > 1 else {}
