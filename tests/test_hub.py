@@ -336,3 +336,28 @@ def test_tiny_gemma_compiles_profiles_and_generates_on_the_hub(hub, exported_tin
     assert all(p["passed"] for per in info["parity"].values() for p in per.values()), info["parity"]
     assert {name: stats["n"] for name, stats in result["timings_ms"]["components"].items()} == {"prefill": 3,
                                                                                                "decode": 3}
+
+
+def test_a_component_with_external_data_is_uploaded_as_a_directory(hub, run, tmp_path, monkeypatch):
+    """A model over 2 GB reaches AI Hub as a folder holding the .onnx and its .data (the limit lowered here)."""
+    import shutil
+
+    from fraqat_deploy import onnx_io
+
+    big = tmp_path / "big"
+    shutil.copytree(run, big, ignore=shutil.ignore_patterns("export", "compile", "bench"))
+    monkeypatch.setattr(onnx_io, "EXTERNAL_DATA_BYTES", 1)
+    export_run(big, "digits", components=["vae_decoder"])
+    assert (big / "export" / "vae_decoder.onnx.data").is_file()
+    before = hub.counts["model_uploads"]
+    result = hub_compile_run(big, "s25u", components=["vae_decoder"], **FAST)
+    assert result["uploaded"] == ["vae_decoder"] and hub.counts["model_uploads"] == before + 1
+    record = json.loads((big / "compile" / "s25u" / "compile.json").read_text())["components"]["vae_decoder"]
+    source = hub.models[hub.jobs[record["hub"]["compile_job_id"]].model_id]
+    assert source.is_directory
+    with zipfile.ZipFile(source.blob) as archive:
+        assert sorted(Path(n).name for n in archive.namelist() if not n.endswith("/")) == [
+            "vae_decoder.onnx", "vae_decoder.onnx.data"]
+    parity = htp_parity(big / "compile" / "s25u" / "vae_decoder_ctx.onnx", big / "export" / "vae_decoder.onnx",
+                        load_inputs(big / "export" / "vae_decoder.inputs.npz"), target="s25u")
+    assert parity["passed"], parity
