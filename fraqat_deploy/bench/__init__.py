@@ -157,8 +157,11 @@ def _status(link: DeviceLink, remote_dir: str) -> dict[str, Any] | None:
 
 
 def wait_for_result(link: DeviceLink, request_id: str, *, timeout_s: float,
-                    on_status: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """Poll until ``result.json`` of *this* request appears, the app dies, or the timeout passes."""
+                    on_status: Callable[[dict[str, Any]], None] | None = None,
+                    crashes_before: int | None = None) -> dict[str, Any]:
+    """Poll until ``result.json`` of *this* request appears, the app dies, or the timeout passes.
+    ``crashes_before``: the device's crash count before the launch, so that an app that crashed before it was
+    ever seen running is reported at once instead of after ``NEVER_STARTED_S``."""
     remote_dir = run_dir(request_id)
     started = time.monotonic()
     deadline = started + timeout_s
@@ -184,6 +187,8 @@ def wait_for_result(link: DeviceLink, request_id: str, *, timeout_s: float,
             if text and json.loads(text).get("request_id") == request_id:
                 return json.loads(text)
             raise _AppDied()
+        if not alive and not seen_alive and crashes_before is not None and link.crash_count() > crashes_before:
+            raise _AppDied()  # crashed before the first look
         if not alive and time.monotonic() > started + NEVER_STARTED_S:
             raise _AppDied()  # never came up, or finished without a result before we looked
         if time.monotonic() > deadline:
@@ -237,10 +242,11 @@ def bench(run: Path, link: DeviceLink, *, prompts: list[str], seed: int = 0, run
             _cool_down(link, event)
         thermal_before = link.thermal_status()
         event("start", {"id": bench_id})
+        crashes_before = link.crash_count()
         link.start(request_remote)
         try:
             result = wait_for_result(link, bench_id, timeout_s=timeout_s,
-                                     on_status=lambda status: event("status", status))
+                                     on_status=lambda status: event("status", status), crashes_before=crashes_before)
         except _AppDied:
             _keep_logs(link, out)
             rd.update_stage(stage, "failed", id=bench_id, reason="the app died")

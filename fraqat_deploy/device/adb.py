@@ -8,6 +8,7 @@ never a command (prompts travel in request.json anyway; paths and extras are quo
 from __future__ import annotations
 
 import os
+import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -284,6 +285,12 @@ class AdbLink(DeviceLink):
     def logs(self) -> str:
         _, out, _ = _shell(self.device, "logcat -d -v threadtime", timeout=120)
         return out
+
+    def crash_count(self) -> int:
+        # Android keeps each FATAL EXCEPTION in logcat's crash buffer, one "Process: <package>, PID: n" line each
+        marker = f"Process: {self.package}, PID: "
+        code, out, _ = _shell(self.device, f"logcat -d -b crash -e {shlex.quote('^' + re.escape(marker))}")
+        return sum(marker in line for line in out.splitlines()) if code == 0 else 0
 
     def thermal_status(self) -> int | None:
         _, out, _ = _shell(self.device, f"sh {REMOTE_SCRIPTS}/thermal.sh")

@@ -62,6 +62,10 @@ class DeviceLink(ABC):
     def logs(self) -> str:
         """The app's log (logcat on a phone)."""
 
+    def crash_count(self) -> int:
+        """How many crashes of the app the device has recorded so far (0 where it keeps no such record)."""
+        return 0
+
     def thermal_status(self) -> int | None:
         return None
 
