@@ -35,28 +35,29 @@ def data_file(path: Path) -> Path:
     return path.with_name(f"{path.name}.data")
 
 
-def save_model(model: onnx.ModelProto, path: str | Path) -> list[Path]:
+def save_model(model: onnx.ModelProto, path: str | Path, *, check: bool = False) -> None:
     """Save ``model`` at ``path`` (with ``<name>.onnx.data`` beside it when it is too big for one protobuf);
-    ``model`` itself keeps its tensors in memory. Returns the files written."""
+    ``model`` itself keeps its tensors in memory. ``check``: run ``onnx.checker`` first (on the saved files for a
+    big model, which are removed again if it fails), so an invalid graph is never left on disk."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     data = data_file(path)
     data.unlink(missing_ok=True)  # onnx appends to an existing data file; a stale one would also be misleading
     if not needs_external_data(model):
+        if check:
+            onnx.checker.check_model(model)
         onnx.save(model, str(path))
-        return [path]
+        return
     onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=data.name,
               size_threshold=INLINE_TENSOR_BYTES)
     load_external_data_for_model(model, str(path.parent))  # onnx.save moved the tensors out of ``model``
-    return [path, data]
-
-
-def check_model(model: onnx.ModelProto, path: Path) -> None:
-    """``onnx.checker`` on the model in memory, or on its saved file when it is too big for one protobuf."""
-    if needs_external_data(model):
-        onnx.checker.check_model(str(path))
-    else:
-        onnx.checker.check_model(model)
+    if check:
+        try:
+            onnx.checker.check_model(str(path))
+        except onnx.checker.ValidationError:
+            path.unlink(missing_ok=True)
+            data.unlink(missing_ok=True)
+            raise
 
 
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -56,7 +56,11 @@ def _compiled(run: Path, target: str) -> tuple[Path, dict[str, Any]]:
     if not path.is_file():
         raise InputError(f"{run} has no context binaries for {target}",
                          f"compile first: fraqat-deploy compile <model> --run {run} --device {target}")
-    return folder, read_json(path, f"compile again: fraqat-deploy compile <model> --run {run} --device {target}")
+    return folder, read_json(path, _compile_again(run, target))
+
+
+def _compile_again(run: Path, target: str) -> str:
+    return f"compile again: fraqat-deploy compile <model> --run {run} --device {target}"
 
 
 def build_request(run: Path, link: DeviceLink, out: Path, bench_id: str, *, prompts: list[str], seed: int,
@@ -64,13 +68,14 @@ def build_request(run: Path, link: DeviceLink, out: Path, bench_id: str, *, prom
                   performance_mode: str = "burst") -> tuple[dict[str, Any], dict[str, Path]]:
     """The request and the local files it names (remote path -> local file). Tensors are written under
     ``out/request/``."""
+    from fraqat_deploy.compile.run import read_export
     from fraqat_deploy.train.load import load_trained
 
     folder, compiled = _compiled(run, link.target)
     components = compiled.get("components", {})
     if not components:
         raise InputError(f"{folder / 'compile.json'} lists no components", "re-run fraqat-deploy compile")
-    export = read_json(run / "export" / "export.json", f"export again: fraqat-deploy export <model> --run {run}")
+    export = read_export(run)
     trained = load_trained(run)
     bench_inputs = getattr(trained.adapter, "bench_inputs", None)
     if bench_inputs is None:
@@ -91,7 +96,7 @@ def build_request(run: Path, link: DeviceLink, out: Path, bench_id: str, *, prom
         for f, digest in zip(local, digests, strict=True):
             if recorded.get(f.name, digest) != digest:
                 raise InputError(f"{f} is not the file the compile wrote (damaged or replaced)",
-                                 f"compile again: fraqat-deploy compile <model> --run {run} --device {link.target}")
+                                 _compile_again(run, link.target))
         # one folder per component build, named by the hash of its files (the ctx model finds its .bin beside it)
         folder_name = hashlib.sha256("".join(digests).encode()).hexdigest()[:16]
         entries = []

@@ -37,7 +37,7 @@ from fraqat_deploy.export.graph import OPSET, export_float
 from fraqat_deploy.export.qdq import FIXED_OUTPUTS, RULE, apply_rule_to_weights, build_qdq
 from fraqat_deploy.models.base import Component
 from fraqat_deploy.models.htp_forms import htp_forms
-from fraqat_deploy.onnx_io import check_model, save_model
+from fraqat_deploy.onnx_io import save_model
 from fraqat_deploy.quant import quant_layers
 from fraqat_deploy.runs import RunDir, sha256_file, write_json_atomic
 from fraqat_deploy.train.load import load_trained
@@ -167,9 +167,8 @@ def export_component(component: Component, out: Path) -> dict[str, Any]:
     float_path, qdq_path = out / f"{component.name}.float.onnx", out / f"{component.name}.onnx"
     float_model = export_float(work, float_path)
     qdq_model, report = build_qdq(float_model, module, work.input_names, work.calibration)
-    save_model(qdq_model, qdq_path)
     try:
-        check_model(qdq_model, qdq_path)
+        save_model(qdq_model, qdq_path, check=True)
     except onnx.checker.ValidationError as e:
         raise ConfigError(f"the Q/DQ graph of '{component.name}' is invalid: {str(e).splitlines()[0]}",
                           "report this export as a bug") from None
