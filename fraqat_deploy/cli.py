@@ -69,8 +69,18 @@ def _friendly(fn):
 
 
 @app.callback()
-def main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False) -> None:
+def main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+    threads: Annotated[Optional[int], typer.Option(
+        "--threads", min=1, help="CPU threads for training and CPU inference (default: the physical cores other "
+                                 "processes leave free, at least 1).")] = None,
+) -> None:
+    from fraqat_deploy import threads as thread_choice
+    from fraqat_deploy.ui import enable_progress
+
     _state["debug"] = debug
+    thread_choice.apply(threads)
+    enable_progress()  # long stages report progress: bars on a terminal, a line now and then in a log
     if not console.is_terminal:  # logs get results, not Hugging Face's "Loading weights" bar frames
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fraqat_deploy import __version__
+from fraqat_deploy import __version__, threads
 from fraqat_deploy.errors import InputError
 
 LIBRARIES = ("torch", "diffusers", "transformers", "safetensors", "onnx", "onnxruntime", "onnxruntime-qnn", "numpy")
@@ -58,6 +58,7 @@ def environment() -> dict[str, Any]:
         "platform": platform.platform(),
         "machine": platform.machine(),
         "libraries": libs,
+        "threads": threads.current().to_dict(),
     }
 
 

@@ -12,6 +12,7 @@ from fraqat_deploy.errors import ConfigError, InputError
 from fraqat_deploy.export import load_inputs
 from fraqat_deploy.runs import RunDir, read_json, write_json_atomic
 from fraqat_deploy.targets import get_target
+from fraqat_deploy.ui import task
 
 
 def read_export(run: Path) -> dict[str, Any]:
@@ -59,17 +60,20 @@ def compile_run(run: Path, device: str, *, allow_cpu_fallback: bool = False, com
     rd.update_stage(stage, "running", target=target.alias, backend="local")
     export_dir = Path(run) / "export"
     records, parity = {}, {}
+    chosen = {n: i for n, i in exported["components"].items() if not components or n in components}
     try:
-        for name, info in exported["components"].items():
-            if components and name not in components:
-                continue
-            records[name] = compile_cached(export_dir / info["onnx"], out, target,
-                                           allow_cpu_fallback=allow_cpu_fallback, force=force)
-            float_onnx = export_dir / info["float_onnx"] if info.get("float_onnx") else None
-            rows = [htp_parity(out / f"{Path(info['onnx']).stem}_ctx.onnx", export_dir / info["onnx"], inputs,
-                               target=target, float_onnx=float_onnx if float_onnx and float_onnx.is_file() else None)
-                    for inputs in input_rows(export_dir / info["inputs"])]
-            parity[name] = worst_row(rows)
+        with task(f"compile ({target.alias}) + HTP parity", len(chosen)) as tick:
+            for name, info in chosen.items():
+                tick(0, info=name)
+                records[name] = compile_cached(export_dir / info["onnx"], out, target,
+                                               allow_cpu_fallback=allow_cpu_fallback, force=force)
+                float_onnx = export_dir / info["float_onnx"] if info.get("float_onnx") else None
+                float_onnx = float_onnx if float_onnx and float_onnx.is_file() else None
+                rows = [htp_parity(out / f"{Path(info['onnx']).stem}_ctx.onnx", export_dir / info["onnx"], inputs,
+                                   target=target, float_onnx=float_onnx)
+                        for inputs in input_rows(export_dir / info["inputs"])]
+                parity[name] = worst_row(rows)
+                tick(info=f"{name} done")
     except Exception:
         rd.update_stage(stage, "failed")
         raise

@@ -41,6 +41,7 @@ from fraqat_deploy.onnx_io import save_model
 from fraqat_deploy.quant import quant_layers
 from fraqat_deploy.runs import RunDir, sha256_file, write_json_atomic
 from fraqat_deploy.train.load import load_trained
+from fraqat_deploy.ui import task
 
 MEAN_STEPS_TOL = 1.0
 MAX_STEPS_TOL = 4.0
@@ -209,10 +210,12 @@ def export_run(run: Path, model: str | None = None, *, components: list[str] | N
     out = rd.stage_dir("export")
     rd.update_stage("export", "running", components=names if not components else components)
     records = {}
-    for component in all_components:
-        if components and component.name not in components:
-            continue
-        records[component.name] = export_component(component, out)
+    chosen = [c for c in all_components if not components or c.name in components]
+    with task("export (Q/DQ ONNX, CPU parity)", len(chosen)) as tick:
+        for component in chosen:
+            tick(0, info=component.name)
+            records[component.name] = export_component(component, out)
+            tick(info=f"{component.name} done")
     parity = {name: rec["parity"] for name, rec in records.items()}
     write_json_atomic(out / "parity.json", {
         "reference": "PyTorch fake-quant model (trained encodings + the export rule's INT8 weights)",

@@ -39,6 +39,7 @@ from fraqat_deploy.models.sampler import (
 )
 from fraqat_deploy.models.sana_graphs import sana_bench_inputs, sana_components
 from fraqat_deploy.models.tokenizers import BOS_ID, EOS_ID, NUMBER_WORDS, PAD_ID, build_caption_tokenizer
+from fraqat_deploy.ui import task
 
 HUB_EXAMPLE = "Efficient-Large-Model/Sana_600M_1024px_diffusers"
 PIPELINE_FOLDERS = ("transformer", "text_encoder", "tokenizer", "vae")
@@ -274,24 +275,26 @@ class SanaAdapter(ModelAdapter):
         chosen = [prompts[order[i % len(prompts)]] for i in range(n_runs)]
         empty = self._encode(model, [""], device)
         rows: dict[str, list[torch.Tensor]] = {k: [] for k in _ROW_KEYS}
-        for start in range(0, n_runs, ROW_BATCH):
-            batch = chosen[start : start + ROW_BATCH]
-            cond = self._encode(model, batch, device)
-            uncond = PromptEmbeds(empty.embeds.expand(len(batch), -1, -1), empty.mask.expand(len(batch), -1))
-            noise = sampling_noise(len(batch), parts["latent_shape"], generator).to(device)
-            result = euler_sample(
-                teacher,
-                noise,
-                cond,
-                uncond,
-                steps=steps,
-                guidance=parts["guidance"],
-                shift=parts["flow_shift"],
-                timestep_scale=parts["timestep_scale"],
-                return_trajectory=True,
-            )
-            for x_t, timestep in result.trajectory:
-                _append_rows(rows, x_t, timestep, cond)
+        with task("teacher trajectories (distillation data)", n_runs) as tick:
+            for start in range(0, n_runs, ROW_BATCH):
+                batch = chosen[start : start + ROW_BATCH]
+                cond = self._encode(model, batch, device)
+                uncond = PromptEmbeds(empty.embeds.expand(len(batch), -1, -1), empty.mask.expand(len(batch), -1))
+                noise = sampling_noise(len(batch), parts["latent_shape"], generator).to(device)
+                result = euler_sample(
+                    teacher,
+                    noise,
+                    cond,
+                    uncond,
+                    steps=steps,
+                    guidance=parts["guidance"],
+                    shift=parts["flow_shift"],
+                    timestep_scale=parts["timestep_scale"],
+                    return_trajectory=True,
+                )
+                for x_t, timestep in result.trajectory:
+                    _append_rows(rows, x_t, timestep, cond)
+                tick(len(batch))
         return {k: torch.cat(v).cpu() for k, v in rows.items()}
 
     @torch.no_grad()
