@@ -1,4 +1,5 @@
-// Plain Kotlin/JVM, no Android dependency: the protocol, the sampler, the tokenizers and the benchmark engine.
+// Plain Kotlin/JVM, no Android dependency: the protocol, the sampler, the tokenizers, the benchmark engine and the
+// ONNX Runtime session code (OrtBackend, over the ONNX Runtime Java API).
 // `./gradlew :core:check` runs the same test program as core/build-and-test.sh (which CI uses, without Gradle).
 import org.jetbrains.kotlin.gradle.dsl.JvmTarget
 
@@ -17,6 +18,17 @@ kotlin {
         allWarningsAsErrors.set(true)
     }
 }
+
+dependencies {
+    // The ONNX Runtime Java API OrtBackend is written against. On the phone the app's onnxruntime-android provides
+    // the same `ai.onnxruntime` classes; on the host (tests, HostEngine) the desktop package with its natives.
+    // Same version as ORT_JAVA_VERSION in build-and-test.sh.
+    compileOnly("com.microsoft.onnxruntime:onnxruntime:1.29.0")
+    testImplementation("com.microsoft.onnxruntime:onnxruntime:1.29.0")
+}
+
+// the host entry point (dev.fraqat.deploy.host.HostEngine) runs the core on the HTP simulator: not part of the app
+kotlin.sourceSets["test"].kotlin.srcDir("src/host/kotlin")
 
 val coreTests by tasks.registering(JavaExec::class) {
     description = "Runs the core's tests against the repository's golden protocol files."

@@ -42,7 +42,7 @@ from fraqat_deploy.runs import sha256_file
 from fraqat_deploy.targets import Target, get_target
 
 COMPILE_JSON = "compile.json"
-COMPILE_FORMAT = 1  # bump when the record or the compile recipe changes: invalidates every cache entry
+COMPILE_FORMAT = 2  # bump when the record or the compile recipe changes: invalidates every cache entry
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 EP_CONTEXT_OP = "EPContext"
 
@@ -279,6 +279,12 @@ def compile_onnx(
         seconds = time.perf_counter() - started
 
         ctx_model = onnx.load(str(tmp / ctx_name), load_external_data=False)
+        if ctx_model.ir_version > model.ir_version:
+            # ONNX Runtime writes the EPContext model with its own newest IR version (14 on 1.32), which older
+            # runtimes refuse ("Unsupported model IR version"): the app's ONNX Runtime (Android or the desktop
+            # Java package) is older than the one compiling here. Nothing in it needs more than the export's.
+            ctx_model.ir_version = model.ir_version
+            onnx.save(ctx_model, str(tmp / ctx_name))
         in_nodes = {n.name: n for n in model.graph.node}
         # by name in the input graph, or by place in the result: the layout transformation (NCHW -> NHWC) can
         # rebuild the output DequantizeLinear under a generated name

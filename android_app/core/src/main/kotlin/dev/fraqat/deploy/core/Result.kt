@@ -102,8 +102,11 @@ data class Memory(val peakPss: Double?, val peakRss: Double?, val nativeHeap: Do
     fun toJson(): Map<String, Any?> =
         linkedMapOf("peak_pss" to peakPss, "peak_rss" to peakRss, "native_heap" to nativeHeap, "source" to source)
 
-    /** The larger of each figure (peaks over several samples). */
-    fun max(other: Memory) = Memory(maxOf(peakPss, other.peakPss), maxOf(peakRss, other.peakRss), maxOf(nativeHeap, other.nativeHeap), source)
+    /** The larger of each figure (peaks over several samples), measured by [other]'s source when this has none. */
+    fun max(other: Memory) = Memory(
+        maxOf(peakPss, other.peakPss), maxOf(peakRss, other.peakRss), maxOf(nativeHeap, other.nativeHeap),
+        if (peakPss == null && peakRss == null && nativeHeap == null) other.source else source,
+    )
 
     private fun maxOf(a: Double?, b: Double?) = if (a == null) b else if (b == null) a else kotlin.math.max(a, b)
 
