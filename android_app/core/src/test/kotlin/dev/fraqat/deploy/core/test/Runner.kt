@@ -96,6 +96,7 @@ fun main(args: Array<String>) {
     pipelineTests(suite)
     gemmaTests(suite)
     engineTests(suite)
+    ortTests(suite)
     var passed = 0
     var failed = 0
     for ((name, body) in suite.tests) {
