@@ -42,13 +42,13 @@ def classpath() -> str:
 
 
 @pytest.fixture(scope="module")
-def compiled_tiny_gemma(exported_tiny_gemma: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def compiled_tiny_gemma(exported_tiny_gemma: Path) -> Path:
+    """The shared tiny-Gemma run compiled for s25u in place, as test_gemma_export does (then already done)."""
     from fraqat_deploy.compile.run import compile_run
 
-    run = tmp_path_factory.mktemp("kotlin-gemma") / "g1"
-    shutil.copytree(exported_tiny_gemma, run, ignore=shutil.ignore_patterns("compile", "bench"))
-    compile_run(run, "s25u")
-    return run
+    if not (exported_tiny_gemma / "compile" / "s25u" / "compile.json").is_file():
+        compile_run(exported_tiny_gemma, "s25u")
+    return exported_tiny_gemma
 
 
 def bench(model: str, run: Path, device: str, prompt: str, *extra: str):
