@@ -147,6 +147,18 @@ def test_a_missing_qnn_library_ends_in_an_error_result(classpath: str, compiled_
     assert "QNN execution provider" in data["error"]["message"]
 
 
+def test_onnx_runtime_that_does_not_load_ends_in_an_error_result(classpath: str, compiled_digits: Path,
+                                                                 python_digits, tmp_path: Path):
+    files, request = _request_copy(compiled_digits, tmp_path)
+    # ONNX Runtime's Java package loads its native library from this folder instead of its jar: here, an empty one
+    proc = run_engine(files, request, jvm=(f"-Donnxruntime.native.path={tmp_path / 'no-natives'}",))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    data = json.loads((request.parent / "result.json").read_text())
+    validate("result", data)
+    assert data["status"] == "error" and data["error"]["kind"] == "htp_unavailable"
+    assert "ONNX Runtime's native library" in data["error"]["message"]
+
+
 def test_a_request_outside_the_files_folder_is_refused(classpath: str, tmp_path: Path):
     (tmp_path / "files").mkdir()
     (tmp_path / "elsewhere").mkdir()

@@ -51,8 +51,8 @@ def qnn_dir() -> Path:
 
 
 def engine_command(classpath: str, files_dir: Path, request: Path, device: dict[str, str] | None = None,
-                   qnn: Path | None = None) -> list[str]:
-    cmd = ["java", "-cp", classpath, MAIN_CLASS, "--files-dir", str(files_dir), "--request", str(request),
+                   qnn: Path | None = None, jvm: tuple[str, ...] = ()) -> list[str]:
+    cmd = ["java", *jvm, "-cp", classpath, MAIN_CLASS, "--files-dir", str(files_dir), "--request", str(request),
            "--schemas", str(SCHEMAS), "--qnn-dir", str(qnn or qnn_dir())]
     for key, value in (device or {}).items():
         cmd += [f"--{key}", value]
@@ -60,11 +60,11 @@ def engine_command(classpath: str, files_dir: Path, request: Path, device: dict[
 
 
 def run_engine(files_dir: Path, request: Path, device: dict[str, str] | None = None, qnn: Path | None = None,
-               timeout: float = 600) -> subprocess.CompletedProcess:
+               jvm: tuple[str, ...] = (), timeout: float = 600) -> subprocess.CompletedProcess:
     """The Kotlin engine on one request, outside any phone (as ``--device sim`` runs the Python one); ``qnn``
-    replaces the onnxruntime-qnn wheel's folder."""
-    return subprocess.run(engine_command(engine_classpath(), files_dir, request, device, qnn), capture_output=True,
-                          text=True, timeout=timeout)
+    replaces the onnxruntime-qnn wheel's folder, ``jvm`` adds JVM options."""
+    return subprocess.run(engine_command(engine_classpath(), files_dir, request, device, qnn, jvm),
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def _rss_kb(pid: int) -> int | None:

@@ -48,7 +48,13 @@ interface OrtPlatform {
  * fails on any other CPU node).
  */
 class OrtBackend(private val platform: OrtPlatform) : Backend {
-    private val env: OrtEnvironment by lazy { OrtEnvironment.getEnvironment(platform.logLevel, "fraqat") }
+    private val env: OrtEnvironment by lazy {
+        try {
+            OrtEnvironment.getEnvironment(platform.logLevel, "fraqat")
+        } catch (e: LinkageError) { // UnsatisfiedLinkError, or the class initializer that loads the library failed
+            throw BenchError(ErrorKind.HTP_UNAVAILABLE, "cannot load ONNX Runtime's native library: ${e.message ?: e.cause?.message}")
+        }
+    }
 
     override val device: DeviceInfo by lazy { platform.device(runCatching { env.version }.getOrNull()) }
 
@@ -63,8 +69,8 @@ class OrtBackend(private val platform: OrtPlatform) : Backend {
             if (e.message?.contains("already registered") != true) {
                 throw BenchError(ErrorKind.HTP_UNAVAILABLE, "cannot load the QNN execution provider ($library): ${firstLine(e)}")
             }
-        } catch (e: UnsatisfiedLinkError) {
-            throw BenchError(ErrorKind.HTP_UNAVAILABLE, "cannot load ONNX Runtime's native library: ${e.message}")
+        } catch (e: LinkageError) {
+            throw BenchError(ErrorKind.HTP_UNAVAILABLE, "cannot load the QNN execution provider ($library): ${e.message}")
         }
         val devices = env.epDevices.filter { it.epName == EP_NAME }
         if (devices.isEmpty()) throw BenchError(ErrorKind.HTP_UNAVAILABLE, "the QNN execution provider offers no device here")
@@ -77,11 +83,7 @@ class OrtBackend(private val platform: OrtPlatform) : Backend {
             platform.providerOptions(request)
 
     override fun open(component: String, ctxOnnx: File, request: Request): ComponentSession {
-        val devices = try {
-            qnnDevices
-        } catch (e: UnsatisfiedLinkError) {
-            throw BenchError(ErrorKind.HTP_UNAVAILABLE, "cannot load ONNX Runtime's native library: ${e.message}")
-        }
+        val devices = qnnDevices
         val options = OrtSession.SessionOptions()
         val session = try {
             options.addExecutionProvider(devices, providerOptions(request))
