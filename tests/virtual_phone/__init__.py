@@ -12,7 +12,8 @@ Design, in one place:
   refuses anything that would resolve outside it, so even ``rm -rf /`` only meets the sandbox (and is refused
   there, as on a phone, because ``/`` is read-only to the shell user).
 * ``apps.py`` runs app doubles: ``am start -n pkg/.Activity --es k v`` calls the test's
-  ``app(proc, extras)`` in a thread (see ``AppProcess``).
+  ``app(proc, extras)`` in a thread (see ``AppProcess``). ``kotlin_app.py`` is the benchmark app's: it runs the
+  app's real Kotlin engine in a JVM on the host HTP simulator.
 """
 
 from .adb_server import AdbServer
