@@ -1,0 +1,441 @@
+"""Real-size benchmark: the CLI on seeded random-weight models at the real configurations.
+
+Builds, from the config files in ``benchmarks/configs/`` (configuration facts; no downloaded weights), the local
+model folders a user with downloaded weights would have, then runs the CLI on them as a user would, one component
+at a time: ``train --schedule ptq`` (calibrate and round), ``export --component C``, ``compile --component C
+--device s25u``. Per stage it measures wall time and the peak resident memory of the whole process tree (sampled
+from ``/proc`` every 0.2 s), and reads the sizes, coverage, bytes per weight and parity the CLI recorded.
+
+Each component gets its own folder: the component at its real configuration, the other parts of the pipeline as
+small stand-ins of the right interface widths (a real user's folder holds all three at full size; the stand-ins
+keep the measurement to the component and the run within a 24 GiB, 2-core machine). The calibration trajectories
+use 2 sampler steps instead of 20 (only where the calibration inputs come from changes, not the graphs).
+
+    python benchmarks/real_size.py --model sana600m                     # every component, every stage
+    python benchmarks/real_size.py --model sana600m --component transformer --stages export,compile
+    python benchmarks/real_size.py --table-only --readme                 # rewrite the tables from the JSON
+
+Results: ``benchmarks/results/real_size.json`` (merged per model/component/stage) and ``real_size.md``; with
+``--readme`` the table also goes into README.md between the ``real-size`` markers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "benchmarks" / "configs"
+RESULTS = ROOT / "benchmarks" / "results"
+README_BEGIN, README_END = "<!-- real-size:begin -->", "<!-- real-size:end -->"
+GIB = 1 << 30
+#: issue targets: export peak RSS <= 3x the component's fp32 weights; compiled bytes per weight of INT4 components
+RSS_FACTOR_TARGET = 3.0
+BYTES_PER_WEIGHT_TARGET = 0.6
+STAGES = ("build", "ptq", "export", "compile")
+
+#: model -> component -> (what is real in its folder, the adapter, whether its weights are INT4 after PTQ)
+MODELS: dict[str, dict[str, dict[str, Any]]] = {
+    "sana600m": {
+        "transformer": {"adapter": "sana", "int4": True},
+        "text_encoder": {"adapter": "sana", "int4": False},
+        "vae_decoder": {"adapter": "sana", "int4": False},
+    },
+    "gemma2b": {
+        "llm": {"adapter": "gemma", "int4": True},
+    },
+}
+
+
+def load_config(name: str) -> dict[str, Any]:
+    """A config file of ``benchmarks/configs`` without its ``_source`` note."""
+    data = json.loads((CONFIGS / f"{name}.json").read_text())
+    return {k: v for k, v in data.items() if not k.startswith("_")}
+
+
+# -- building the local folders ---------------------------------------------------------------------------------
+
+def _stand_in_text_encoder(hidden: int) -> dict[str, Any]:
+    return {"hidden_size": hidden, "intermediate_size": 256, "num_hidden_layers": 1, "num_attention_heads": 2,
+            "num_key_value_heads": 1, "head_dim": 64, "query_pre_attn_scalar": 64, "max_position_embeddings": 512}
+
+
+def _stand_in_transformer(caption_channels: int, latent_channels: int) -> dict[str, Any]:
+    return {"in_channels": latent_channels, "out_channels": latent_channels, "num_attention_heads": 2,
+            "attention_head_dim": 16, "num_layers": 1, "num_cross_attention_heads": 2, "cross_attention_head_dim": 16,
+            "cross_attention_dim": 32, "caption_channels": caption_channels, "mlp_ratio": 2.5, "sample_size": 32,
+            "patch_size": 1}
+
+
+def _stand_in_vae(latent_channels: int) -> dict[str, Any]:
+    return {"in_channels": 3, "latent_channels": latent_channels, "attention_head_dim": 8,
+            "encoder_block_types": "ResBlock", "decoder_block_types": "ResBlock",
+            "encoder_block_out_channels": [8, 16, 32], "decoder_block_out_channels": [8, 16, 32],
+            "encoder_layers_per_block": [1, 1, 1], "decoder_layers_per_block": [1, 1, 1],
+            "encoder_qkv_multiscales": [[], [], []], "decoder_qkv_multiscales": [[], [], []]}
+
+
+def build_sana_folder(component: str, folder: Path, seed: int) -> dict[str, Any]:
+    """A diffusers Sana pipeline folder with ``component`` real (seeded random weights) and stand-ins around it,
+    saved one part at a time so that only one real part is in memory."""
+    import torch
+    from diffusers import AutoencoderDC, FlowMatchEulerDiscreteScheduler, SanaTransformer2DModel
+    from transformers import Gemma2Config, Gemma2Model
+
+    from fraqat_deploy.models.base import write_settings
+    from fraqat_deploy.models.tokenizers import BOS_ID, EOS_ID, PAD_ID, build_caption_tokenizer
+
+    text_cfg = load_config("gemma2_2b")
+    transformer_cfg = load_config("sana600m_transformer")
+    vae_cfg = load_config("dcae_f32c32")
+    sampler = load_config("sana600m_sampler")
+    tokenizer = build_caption_tokenizer()
+    if component != "text_encoder":
+        text_cfg = _stand_in_text_encoder(text_cfg["hidden_size"])
+        text_cfg["vocab_size"] = len(tokenizer)
+    # else the real 256k embedding table; our small tokenizer only uses its first rows
+    if component != "transformer":
+        transformer_cfg = _stand_in_transformer(text_cfg["hidden_size"], vae_cfg["latent_channels"])
+    if component != "vae_decoder":
+        vae_cfg = _stand_in_vae(vae_cfg["latent_channels"])
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(folder / "tokenizer")
+    FlowMatchEulerDiscreteScheduler(shift=sampler["flow_shift"]).save_pretrained(folder / "scheduler")
+    params = {}
+    # one seed per part; each part is saved and freed before the next is built
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        # the real Sana text encoder ships in bf16: built and saved so, which also halves the folder
+        dtype = torch.bfloat16 if component == "text_encoder" else torch.float32
+        te = Gemma2Model(Gemma2Config(pad_token_id=PAD_ID, eos_token_id=EOS_ID, bos_token_id=BOS_ID,
+                                      attn_implementation="eager", **text_cfg)).to(dtype)
+        params["text_encoder"] = sum(p.numel() for p in te.parameters())
+        te.save_pretrained(folder / "text_encoder", safe_serialization=True, max_shard_size="2GB")
+        del te
+        torch.manual_seed(seed + 1)
+        tr = SanaTransformer2DModel(**transformer_cfg)
+        params["transformer"] = sum(p.numel() for p in tr.parameters())
+        tr.save_pretrained(folder / "transformer")
+        del tr
+        torch.manual_seed(seed + 2)
+        vae = AutoencoderDC(**vae_cfg)
+        params["vae"] = sum(p.numel() for p in vae.parameters())
+        params["vae_decoder"] = sum(p.numel() for p in vae.decoder.parameters())
+        vae.save_pretrained(folder / "vae")
+        del vae
+    (folder / "model_index.json").write_text(json.dumps({
+        "_class_name": "SanaPipeline", "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+        "text_encoder": ["transformers", "Gemma2Model"], "tokenizer": ["transformers", "PreTrainedTokenizerFast"],
+        "transformer": ["diffusers", "SanaTransformer2DModel"], "vae": ["diffusers", "AutoencoderDC"]}, indent=2))
+    # calibration trajectories of 2 steps (the real 20 only change where the calibration inputs come from)
+    write_settings(folder, "sana", {"sampler": {"steps": 2, "guidance": sampler["guidance"],
+                                                "max_tokens": sampler["max_tokens"]}})
+    return {"parameters": params, "real": component, "folder_bytes": _tree_bytes(folder)}
+
+
+def build_gemma_folder(folder: Path, seed: int) -> dict[str, Any]:
+    """A transformers Gemma-2 2B causal-LM folder (bf16 as shipped) with a small tokenizer of ours."""
+    import torch
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    from fraqat_deploy.models.tokenizers import BOS_ID, EOS_ID, PAD_ID, build_caption_tokenizer
+
+    tokenizer = build_caption_tokenizer()
+    folder.mkdir(parents=True, exist_ok=True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Gemma2ForCausalLM(Gemma2Config(pad_token_id=PAD_ID, eos_token_id=EOS_ID, bos_token_id=BOS_ID,
+                                               attn_implementation="eager", **load_config("gemma2_2b")))
+        model = model.to(torch.bfloat16)
+        n = sum(p.numel() for p in model.parameters())
+        model.save_pretrained(folder, safe_serialization=True, max_shard_size="2GB")
+    tokenizer.save_pretrained(folder)
+    return {"parameters": {"llm": n}, "real": "llm", "folder_bytes": _tree_bytes(folder)}
+
+
+def _tree_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+# -- measuring a CLI stage --------------------------------------------------------------------------------------
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for t in os.listdir(f"/proc/{pid}/task")
+                for c in Path(f"/proc/{pid}/task/{t}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def tree_rss(pid: int) -> int:
+    """Resident bytes of ``pid`` and all its descendants."""
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+                    break
+        except OSError:
+            continue
+        todo.extend(_children(p))
+    return total
+
+
+def run_measured(cmd: list[str], log: Path, timeout: float | None = None, env: dict[str, str] | None = None
+                 ) -> dict[str, Any]:
+    """Run ``cmd`` with output to ``log``; wall time, peak RSS of its process tree, exit code (None: timed out)."""
+    started = time.monotonic()
+    peak = 0
+    with log.open("w") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        timed_out = False
+        while proc.poll() is None:
+            peak = max(peak, tree_rss(proc.pid))
+            if timeout is not None and time.monotonic() - started > timeout:
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+                timed_out = True
+                break
+            time.sleep(0.2)
+    tail = log.read_text(errors="replace").strip().splitlines()[-3:]
+    return {"cmd": " ".join(cmd[2:] if cmd[:2] == [sys.executable, "-m"] else cmd),
+            "seconds": round(time.monotonic() - started, 1), "peak_rss_bytes": peak,
+            "exit_code": None if timed_out else proc.returncode, "timed_out": timed_out,
+            "log_tail": tail if (timed_out or proc.returncode) else []}
+
+
+def _cli() -> list[str]:
+    exe = shutil.which("fraqat-deploy", path=str(Path(sys.executable).parent))
+    return [exe] if exe else [sys.executable, "-m", "fraqat_deploy.cli"]
+
+
+def _files(folder: Path, names: list[str]) -> dict[str, int]:
+    return {n: (folder / n).stat().st_size for n in names if (folder / n).is_file()}
+
+
+def export_facts(run: Path, component: str) -> dict[str, Any]:
+    out = run / "export"
+    facts: dict[str, Any] = {"files": _files(out, [f"{component}.float.onnx", f"{component}.float.onnx.data",
+                                                   f"{component}.onnx", f"{component}.onnx.data",
+                                                   f"{component}.inputs.npz"])}
+    manifest = out / "export.json"
+    if manifest.is_file():
+        rec = json.loads(manifest.read_text())["components"].get(component, {})
+        facts["parity"] = {o: {k: m[k] for k in ("mean_steps", "max_steps", "passed")}
+                           for o, m in rec.get("parity", {}).items()}
+        facts["weight_elements"] = rec.get("qdq", {}).get("weight_elements")
+        facts["memory"] = rec.get("memory")
+    elif (out / "parity.json").is_file():
+        facts["parity"] = json.loads((out / "parity.json").read_text())["components"].get(component)
+    return facts
+
+
+def compile_facts(run: Path, component: str, target: str) -> dict[str, Any]:
+    out = run / "compile" / target
+    facts: dict[str, Any] = {}
+    if (out / "compile.json").is_file():
+        rec = json.loads((out / "compile.json").read_text()).get("components", {}).get(component)
+        if rec:
+            facts |= {"compile_seconds": rec.get("seconds"), "context_binary_bytes": rec["context_binary_bytes"],
+                      "bytes_per_weight": rec["weights"].get("bytes_per_weight"), "coverage": {
+                          k: rec["coverage"][k] for k in ("nodes", "htp", "cpu_boundary", "cpu_fallback",
+                                                          "htp_fraction")}}
+    if (out / "htp_parity.json").is_file():
+        par = json.loads((out / "htp_parity.json").read_text())["components"].get(component)
+        if par:
+            facts["htp_parity"] = {"passed": par["passed"],
+                                   "rel": max((o["rel"] for o in par["outputs"].values()), default=None)}
+    return facts
+
+
+# -- the benchmark ----------------------------------------------------------------------------------------------
+
+def run_component(model: str, component: str, stages: list[str], work: Path, args: argparse.Namespace
+                  ) -> dict[str, Any]:
+    spec = MODELS[model][component]
+    folder, run, logs = work / model / component / "model", work / model / component / "run", work / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    result = load_results().get(model, {}).get(component, {})
+    result |= {"adapter": spec["adapter"], "int4": spec["int4"]}
+    env = os.environ | {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+    cli = _cli()
+    if "build" in stages:
+        shutil.rmtree(folder, ignore_errors=True)
+        started = time.monotonic()
+        built = build_gemma_folder(folder, args.seed) if model == "gemma2b" \
+            else build_sana_folder(component, folder, args.seed)
+        result["build"] = built | {"seconds": round(time.monotonic() - started, 1)}
+        save_result(model, component, result)
+    params = result.get("build", {}).get("parameters", {}).get(component)
+    if params:
+        result["fp32_weight_bytes"] = 4 * params
+    if "ptq" in stages:
+        shutil.rmtree(run, ignore_errors=True)
+        result["ptq"] = run_measured(cli + ["train", spec["adapter"], "--source", str(folder), "--out", str(run),
+                                            "--schedule", "ptq", "--n-train", "4", "--n-val", "2",
+                                            "--calib-samples", "4", "--batch-size", "2"],
+                                     logs / f"{model}-{component}-ptq.log", env=env)
+        save_result(model, component, result)
+    if "export" in stages:
+        result["export"] = run_measured(cli + ["export", spec["adapter"], "--run", str(run), "--component",
+                                               component], logs / f"{model}-{component}-export.log", env=env)
+        result["export"] |= export_facts(run, component)
+        save_result(model, component, result)
+    if "compile" in stages:
+        result["compile"] = run_measured(cli + ["compile", spec["adapter"], "--run", str(run), "--component",
+                                                component, "--device", args.target],
+                                         logs / f"{model}-{component}-compile.log", timeout=args.compile_timeout,
+                                         env=env)
+        result["compile"] |= compile_facts(run, component, args.target)
+        save_result(model, component, result)
+    return result
+
+
+def load_results() -> dict[str, Any]:
+    path = RESULTS / "real_size.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def save_result(model: str, component: str, result: dict[str, Any]) -> None:
+    data = load_results()
+    data.setdefault(model, {})[component] = result
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    tmp = RESULTS / "real_size.json.tmp"
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    tmp.replace(RESULTS / "real_size.json")
+
+
+# -- the table ---------------------------------------------------------------------------------------------------
+
+def _gib(n: float | None) -> str:
+    return "–" if not n else f"{n / GIB:.2f} GiB"
+
+
+def _stage_cell(stage: dict[str, Any] | None) -> str:
+    if not stage:
+        return "not run"
+    state = "timed out" if stage.get("timed_out") else "ok" if stage.get("exit_code") == 0 \
+        else f"failed ({stage.get('exit_code')})"
+    return f"{state}: {stage['seconds']:.0f} s, peak {_gib(stage.get('peak_rss_bytes'))}"
+
+
+def verdicts(model: str, component: str, r: dict[str, Any]) -> list[str]:
+    """Each target of the issue: met, or the gap with the figure."""
+    out = []
+    fp32 = r.get("fp32_weight_bytes")
+    export = r.get("export")
+    if export and fp32 and export.get("exit_code") == 0:
+        factor = export["peak_rss_bytes"] / fp32
+        limit = f"≤ {RSS_FACTOR_TARGET:g}× fp32 weights"
+        cap = 8 * 10**9 if (model, component) == ("sana600m", "transformer") else 24 * GIB
+        ok = factor <= RSS_FACTOR_TARGET and export["peak_rss_bytes"] <= cap
+        out.append(f"export peak {factor:.2f}× fp32 weights ({limit}, ≤ {cap / 1e9:.1f} GB): "
+                   + ("met" if ok else "NOT met"))
+    else:
+        out.append("export memory: not measured")
+    comp = r.get("compile") or {}
+    if comp.get("bytes_per_weight") is not None:
+        if r.get("int4"):
+            ok = comp["bytes_per_weight"] <= BYTES_PER_WEIGHT_TARGET
+            out.append(f"compiled {comp['bytes_per_weight']:.3f} B/weight (INT4 target ≤ {BYTES_PER_WEIGHT_TARGET}):"
+                       f" {'met' if ok else 'NOT met'}")
+        else:
+            out.append(f"compiled {comp['bytes_per_weight']:.3f} B/weight (INT8 rule weights)")
+    if comp:
+        secs = comp.get("compile_seconds")
+        out.append(f"compile finishes: met, {secs:.0f} s" if secs is not None else "compile finishes: NOT met")
+    else:
+        out.append("compile: not run")
+    return out
+
+
+def render_table(data: dict[str, Any]) -> str:
+    lines = ["| model / component | fp32 weights | PTQ | export | Q/DQ files | export parity | compile | context "
+             "binary | B/weight | HTP coverage | HTP parity |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    notes = []
+    for model, comps in data.items():
+        for component, r in comps.items():
+            export, comp = r.get("export") or {}, r.get("compile") or {}
+            files = export.get("files", {})
+            qdq = files.get(f"{component}.onnx", 0) + files.get(f"{component}.onnx.data", 0)
+            par = export.get("parity")
+            par_cell = "–" if not par else "; ".join(
+                f"{o} {m['mean_steps']:.2f}/{m['max_steps']:.2f} steps {'ok' if m['passed'] else 'FAIL'}"
+                for o, m in par.items())
+            cov = comp.get("coverage")
+            hp = comp.get("htp_parity")
+            hp_cell = "not run (simulator)" if not hp else f"{'ok' if hp['passed'] else 'FAIL'} ({hp['rel']:.2%} rel)"
+            bpw = comp.get("bytes_per_weight")
+            cells = [f"{model} / {component}", _gib(r.get("fp32_weight_bytes")), _stage_cell(r.get("ptq")),
+                     _stage_cell(r.get("export")), _gib(qdq) if qdq else "–", par_cell,
+                     _stage_cell(r.get("compile")), _gib(comp.get("context_binary_bytes")),
+                     "–" if bpw is None else f"{bpw:.3f}",
+                     f"{cov['htp_fraction']:.1%} ({cov['cpu_fallback']} CPU fallback)" if cov else "–", hp_cell]
+            lines.append("| " + " | ".join(cells) + " |")
+            notes.append(f"- **{model} / {component}**: " + "; ".join(verdicts(model, component, r))
+                         + ("." if not r.get("note") else f". {r['note']}"))
+    return "\n".join(lines + [""] + notes) + "\n"
+
+
+def write_tables(readme: bool) -> str:
+    data = load_results()
+    table = render_table(data)
+    (RESULTS / "real_size.md").write_text("# Real-size benchmark\n\n" + table)
+    if readme:
+        path = ROOT / "README.md"
+        text = path.read_text()
+        if README_BEGIN not in text or README_END not in text:
+            raise SystemExit(f"README.md has no {README_BEGIN} / {README_END} markers: add them where the table goes")
+        head, rest = text.split(README_BEGIN, 1)
+        _, tail = rest.split(README_END, 1)
+        path.write_text(f"{head}{README_BEGIN}\n{table}{README_END}{tail}")
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=sorted(MODELS), default="sana600m")
+    parser.add_argument("--component", action="append", help="only these components (repeat)")
+    parser.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated, of {', '.join(STAGES)}")
+    parser.add_argument("--work", type=Path, default=Path(os.environ.get("FRAQAT_REAL_SIZE_WORK",
+                                                                          "/tmp/fraqat-real-size")))
+    parser.add_argument("--target", default="s25u")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--compile-timeout", type=float, default=3600.0, help="seconds per compile stage")
+    parser.add_argument("--table-only", action="store_true", help="only rewrite the tables from the JSON")
+    parser.add_argument("--readme", action="store_true", help="also rewrite the README table")
+    args = parser.parse_args(argv)
+    if not args.table_only:
+        stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+        bad = sorted(set(stages) - set(STAGES))
+        if bad:
+            parser.error(f"unknown stage(s) {', '.join(bad)}; use {', '.join(STAGES)}")
+        components = args.component or list(MODELS[args.model])
+        bad = sorted(set(components) - set(MODELS[args.model]))
+        if bad:
+            parser.error(f"unknown component(s) {', '.join(bad)} of {args.model}; use {', '.join(MODELS[args.model])}")
+        for component in components:
+            print(f"== {args.model} / {component}: {', '.join(stages)}", flush=True)
+            result = run_component(args.model, component, stages, args.work, args)
+            print(json.dumps({k: v for k, v in result.items() if k != "build"}, indent=1, default=str), flush=True)
+    print(write_tables(args.readme))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
