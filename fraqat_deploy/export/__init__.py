@@ -37,7 +37,7 @@ from fraqat_deploy.export.graph import OPSET, export_float
 from fraqat_deploy.export.qdq import FIXED_OUTPUTS, RULE, apply_rule_to_weights, build_qdq
 from fraqat_deploy.models.base import Component
 from fraqat_deploy.models.htp_forms import htp_forms
-from fraqat_deploy.onnx_io import save_model
+from fraqat_deploy.onnx_io import data_file, release_memory, return_big_blocks, save_model
 from fraqat_deploy.quant import quant_layers
 from fraqat_deploy.runs import RunDir, sha256_file, write_json_atomic
 from fraqat_deploy.train.load import load_trained
@@ -154,10 +154,25 @@ def load_inputs(path: Path, index: int = 0) -> dict[str, np.ndarray]:
         return {k[len(prefix):]: data[k] for k in data.files if k.startswith(prefix)}
 
 
-def export_component(component: Component, out: Path) -> dict[str, Any]:
-    """One component: HTP forms, the rule's weights, float export, Q/DQ, parity. Returns its record."""
+def _shares_parameters(module: torch.nn.Module, others: list[torch.nn.Module]) -> bool:
+    mine = {p.data_ptr() for p in module.parameters()}
+    return any(p.data_ptr() in mine for other in others for p in other.parameters())
+
+
+def export_component(component: Component, out: Path, *, owned: bool = False) -> dict[str, Any]:
+    """One component: HTP forms, the rule's weights, float export, Q/DQ, parity. Returns its record.
+
+    ``owned``: the export may change ``component.module`` and frees its quantized layers' float weights as their
+    integer form is taken (no copy of the module is made); otherwise it works on a copy.
+
+    Memory, in order (a big model never holds two copies of its float weights): the float graph is written with
+    its weights in external data straight from the exporter and read back without them; the fake-quant reference
+    and its noise floor are computed while the module is whole; the Q/DQ pass then reads each float tensor from
+    the file when it needs it and drops each layer's float weight once its integer form is taken; calibration
+    reduces every tensor to its min / max as it is produced (see ``calibrate_ranges``)."""
     started = time.perf_counter()
-    module = copy.deepcopy(component.module).eval()
+    return_big_blocks()
+    module = (component.module if owned else copy.deepcopy(component.module)).eval()
     forms = htp_forms(module)
     apply_rule_to_weights(module)
     layers = quant_layers(module)
@@ -167,24 +182,32 @@ def export_component(component: Component, out: Path) -> dict[str, Any]:
                      component.calibration, component.holds_student)
     float_path, qdq_path = out / f"{component.name}.float.onnx", out / f"{component.name}.onnx"
     float_model = export_float(work, float_path)
-    qdq_model, report = build_qdq(float_model, module, work.input_names, work.calibration)
-    try:
-        save_model(qdq_model, qdq_path, check=True)
-    except onnx.checker.ValidationError as e:
-        raise ConfigError(f"the Q/DQ graph of '{component.name}' is invalid: {str(e).splitlines()[0]}",
-                          "report this export as a bug") from None
     save_inputs(component, out / f"{component.name}.inputs.npz")
 
     for layer in layers.values():
         layer.mode = "frozen"  # the fake-quant reference: same weights, trained activation encodings
     with torch.no_grad():
         ref = module(*work.sample)
-    refs = [ref] if isinstance(ref, torch.Tensor) else list(ref)
-    floors = reference_floor(module, work.sample, layers, refs)
+    refs = [r.detach().float().cpu().numpy() for r in ([ref] if isinstance(ref, torch.Tensor) else list(ref))]
+    floors = reference_floor(module, work.sample, layers, [torch.from_numpy(r) for r in refs])
+    del ref
+    streamed = data_file(float_path).is_file()  # a big float graph: the Q/DQ one is written as it is built too
+    qdq_model, report = build_qdq(float_model, module, work.input_names, work.calibration,
+                                  base_dir=float_path.parent, release=owned,
+                                  data_path=data_file(qdq_path) if streamed else None)
+    del float_model
+    release_memory()
+    try:
+        save_model(qdq_model, qdq_path, check=True, keep=False)
+    except onnx.checker.ValidationError as e:
+        raise ConfigError(f"the Q/DQ graph of '{component.name}' is invalid: {str(e).splitlines()[0]}",
+                          "report this export as a bug") from None
+    del qdq_model
     session = cpu_session(qdq_path)
     feed = {n: t.detach().cpu().numpy() for n, t in zip(work.input_names, work.sample, strict=True)}
     outputs = session.run(work.output_names, feed)
-    parity = {name: parity_metrics(got, r.detach().float().cpu().numpy(), floor)
+    del session
+    parity = {name: parity_metrics(got, r, floor)
               for name, got, r, floor in zip(work.output_names, outputs, refs, floors, strict=True)}
     return {
         "onnx": qdq_path.name, "float_onnx": float_path.name, "inputs": f"{component.name}.inputs.npz",
@@ -200,22 +223,30 @@ def export_run(run: Path, model: str | None = None, *, components: list[str] | N
     """Export every component of a trained run (or the chosen ones). Fails loudly when parity does not hold,
     after writing ``parity.json``."""
     trained = load_trained(run, model)
-    all_components = trained.adapter.components(trained.fp, copy.deepcopy(trained.student),
-                                                n_calibration=n_calibration, seed=seed)
+    adapter = trained.adapter
+    # the export owns the loaded student: no copy (a real transformer is GBs); the FP model's own student is only
+    # needed to make the calibration inputs
+    all_components = adapter.components(trained.fp, trained.student, n_calibration=n_calibration, seed=seed)
+    del trained
     names = [c.name for c in all_components]
     unknown = sorted(set(components or []) - set(names))
     if unknown:
         raise ConfigError(f"unknown component(s) {', '.join(unknown)}", f"use: {', '.join(names)}")
+    # components not asked for are dropped before the first export (their modules are freed)
+    pending = [c for c in all_components if not components or c.name in components]
+    del all_components
     rd = RunDir(run)
     out = rd.stage_dir("export")
     rd.update_stage("export", "running", components=names if not components else components)
     records = {}
-    chosen = [c for c in all_components if not components or c.name in components]
-    with task("export (Q/DQ ONNX, CPU parity)", len(chosen)) as tick:
-        for component in chosen:
+    with task("export (Q/DQ ONNX, CPU parity)", len(pending)) as tick:
+        while pending:
+            component = pending.pop(0)
             tick(0, info=component.name)
-            records[component.name] = export_component(component, out)
+            owned = not _shares_parameters(component.module, [c.module for c in pending])
+            records[component.name] = export_component(component, out, owned=owned)
             tick(info=f"{component.name} done")
+            del component
     parity = {name: rec["parity"] for name, rec in records.items()}
     write_json_atomic(out / "parity.json", {
         "reference": "PyTorch fake-quant model (trained encodings + the export rule's INT8 weights)",
@@ -226,7 +257,7 @@ def export_run(run: Path, model: str | None = None, *, components: list[str] | N
                                      f"uint16 step (largest of {FLOOR_DRAWS} draws)"},
         "components": parity,
     })
-    manifest = {"opset": OPSET, "rule": RULE, "adapter": trained.adapter.name, "components": records}
+    manifest = {"opset": OPSET, "rule": RULE, "adapter": adapter.name, "components": records}
     write_json_atomic(out / "export.json", manifest)
     failed = [f"{c}/{o} ({m['mean_steps']:.2f} mean, {m['max_steps']:.2f} max steps)"
               for c, outs in parity.items() for o, m in outs.items() if not m["passed"]]

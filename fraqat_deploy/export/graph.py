@@ -11,6 +11,7 @@ import ast
 import contextlib
 import io
 import logging
+import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ import onnx
 import torch
 from torch import nn
 
+from fraqat_deploy import onnx_io
 from fraqat_deploy.errors import ConfigError
 from fraqat_deploy.models.base import Component
 from fraqat_deploy.onnx_io import save_model
@@ -38,8 +40,13 @@ class LayerNode:
 
 
 def export_float(component: Component, path: Path) -> onnx.ModelProto:
-    """Static-shape float ONNX of ``component`` at opset 21 (weights stored as they are in the module)."""
+    """Static-shape float ONNX of ``component`` at opset 21 (weights stored as they are in the module).
+
+    A module of ``onnx_io.STREAM_BYTES`` or more has its weights written by the exporter straight into
+    ``<name>.onnx.data`` (no in-memory protobuf copy of them), and the graph comes back without them: its
+    tensors are read from the file (relative to ``path``'s folder) when needed."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    stream = onnx_io.module_bytes(component.module) >= onnx_io.STREAM_BYTES
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         logging.getLogger("torch.onnx").setLevel(logging.ERROR)
@@ -52,22 +59,32 @@ def export_float(component: Component, path: Path) -> onnx.ModelProto:
         except Exception as e:  # the exporter raises many types; the user needs the op and the component
             raise ConfigError(f"cannot export component '{component.name}' to ONNX: {str(e).splitlines()[0]}",
                               "rerun with --debug for the exporter's report") from e
-    model = program.model_proto
-    _square_instead_of_pow(model)
-    _materialize_batch_broadcast(model)
-    save_model(model, path)
+    if stream:
+        data = onnx_io.data_file(path)
+        data.unlink(missing_ok=True)
+        program.save(str(path), external_data=True)
+        del program
+        model = onnx.load(str(path), load_external_data=False)
+    else:
+        model = program.model_proto
+        del program
+    _square_instead_of_pow(model, path.parent)
+    _materialize_batch_broadcast(model, path.parent)
+    if stream:
+        onnx_io.save_graph(model, path)
+    else:
+        save_model(model, path)
     return model
 
 
-def _square_instead_of_pow(model: onnx.ModelProto) -> None:
+def _square_instead_of_pow(model: onnx.ModelProto, base_dir: Path) -> None:
     """``Pow(x, 2)`` -> ``Mul(x, x)``: a quantized exponent of 2 is not exactly 2, and x^1.99997 of a negative x
     is NaN."""
-    from onnx import numpy_helper
-
-    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    inits = {i.name: i for i in model.graph.initializer}
     for node in model.graph.node:
-        if node.op_type == "Pow" and node.input[1] in inits and inits[node.input[1]].size == 1 \
-                and float(inits[node.input[1]]) == 2.0:
+        exponent = inits.get(node.input[1]) if node.op_type == "Pow" else None
+        if exponent is not None and math.prod(exponent.dims) == 1 \
+                and float(onnx_io.tensor_value(exponent, base_dir).reshape(())) == 2.0:
             node.op_type = "Mul"
             node.input[1] = node.input[0]
 
@@ -76,7 +93,7 @@ def _square_instead_of_pow(model: onnx.ModelProto) -> None:
 _BROADCAST_OPS = ("Add", "Sub", "Mul", "Div")
 
 
-def _materialize_batch_broadcast(model: onnx.ModelProto) -> None:
+def _materialize_batch_broadcast(model: onnx.ModelProto, base_dir: Path) -> None:
     """A constant operand of an elementwise operator that broadcasts along the batch axis (``[1, ...]`` against a
     batch of N) is stored at the full batch size.
 
@@ -86,7 +103,7 @@ def _materialize_batch_broadcast(model: onnx.ModelProto) -> None:
     small biases)."""
     from onnx import numpy_helper
 
-    inferred = onnx.shape_inference.infer_shapes(model)
+    inferred = onnx_io.infer_shapes(model)
     shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
               for v in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]}
     inits = {i.name: i for i in model.graph.initializer}
@@ -100,7 +117,7 @@ def _materialize_batch_broadcast(model: onnx.ModelProto) -> None:
             init = inits.get(name)
             if init is None or len(init.dims) != len(out_shape) or init.dims[0] != 1:
                 continue
-            value = numpy_helper.to_array(init)
+            value = onnx_io.tensor_value(init, base_dir)
             tiled_name = f"{name}_x{out_shape[0]}"
             if tiled_name not in inits:
                 tiled = numpy_helper.from_array(value.repeat(out_shape[0], axis=0), tiled_name)

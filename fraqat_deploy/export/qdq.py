@@ -13,7 +13,9 @@ Every float tensor gets one Q -> DQ pair after its producer (the QDQ format the 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,11 +23,19 @@ import onnx
 import onnxruntime as ort
 import torch
 from onnx import TensorProto, helper, numpy_helper
+from onnx.external_data_helper import set_external_data
 from torch import nn
 
 from fraqat_deploy.errors import ConfigError
 from fraqat_deploy.export.graph import LayerNode, weight_layer_nodes
-from fraqat_deploy.onnx_io import infer_shapes, session_source
+from fraqat_deploy.onnx_io import (
+    INLINE_TENSOR_BYTES,
+    infer_shapes,
+    inline,
+    release_memory,
+    session_source,
+    tensor_value,
+)
 from fraqat_deploy.quant import ActivationEncoding, quantize_weight
 from fraqat_deploy.quant.modules import QuantMixin, is_quant_layer
 
@@ -66,34 +76,68 @@ def widened(enc: ActivationEncoding) -> ActivationEncoding:
     return ActivationEncoding(16, float(np.float32(enc.scale) / np.float32(257)), enc.zero_point * 257)
 
 
-def calibrate_ranges(model: onnx.ModelProto, input_names: list[str], calibration: list[tuple[torch.Tensor, ...]]
-                     ) -> dict[str, tuple[float, float]]:
-    """min / max of every float tensor over the calibration inputs (ONNX Runtime, CPU)."""
+def calibrate_ranges(model: onnx.ModelProto, input_names: list[str], calibration: list[tuple[torch.Tensor, ...]],
+                     base_dir: str | Path | None = None) -> dict[str, tuple[float, float]]:
+    """min / max of every float tensor over the calibration inputs (ONNX Runtime, CPU).
+
+    Streaming: the probe graph reduces each float tensor to its min and max right after the node that makes it
+    (and runs in priority order, so each reduction runs as soon as it can), so a tensor is freed after its last
+    real consumer instead of being kept as a graph output; only the scalars come back. ``base_dir``: the folder of
+    a graph whose weights are in external data there (the probe is written beside it and reads the same file)."""
     inferred = infer_shapes(model)
     infos = list(inferred.graph.value_info) + list(inferred.graph.output) + list(inferred.graph.input)
     floats = {vi.name for vi in infos if vi.type.tensor_type.elem_type == TensorProto.FLOAT}
-    names = sorted(floats - {i.name for i in model.graph.initializer})
-    # every float tensor as an output, on the model itself (a copy of a 10 GB graph would double the memory)
-    outputs = [onnx.ValueInfoProto.FromString(o.SerializeToString()) for o in model.graph.output]
-    del model.graph.output[:]
-    model.graph.output.extend(helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in names)
+    floats -= {i.name for i in model.graph.initializer}
+    del inferred, infos
+    probed: list[str] = []
+    nodes: list[onnx.NodeProto] = []
+
+    def reduce(name: str) -> None:
+        if name in floats and name not in probed:
+            probed.append(name)
+            for op in ("ReduceMin", "ReduceMax"):
+                nodes.append(helper.make_node(op, [name], [f"{name}__{op}"], name=f"{name}__{op}", keepdims=0))
+
+    for inp in model.graph.input:
+        reduce(inp.name)
+    for node in model.graph.node:
+        nodes.append(node)
+        for out in node.output:
+            reduce(out)
+    graph = helper.make_graph(nodes, model.graph.name, list(model.graph.input),
+                              [helper.make_tensor_value_info(f"{n}__{op}", TensorProto.FLOAT, [])
+                               for n in probed for op in ("ReduceMin", "ReduceMax")],
+                              list(model.graph.initializer))
+    probe = helper.make_model(graph, opset_imports=list(model.opset_import), ir_version=model.ir_version)
+    del graph
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.execution_order = ort.ExecutionOrder.PRIORITY_BASED
     options.intra_op_num_threads = 1
     ranges: dict[str, tuple[float, float]] = {}
+    probe_path = Path(base_dir) / f".calibration-probe-{os.getpid()}.onnx" if base_dir is not None else None
     try:
-        with session_source(model) as source:
-            session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
-            for row in calibration:
-                feed = {n: t.detach().cpu().numpy() for n, t in zip(input_names, row, strict=True)}
-                for name, value in zip(names, session.run(names, feed), strict=True):
-                    lo, hi = float(np.min(value)), float(np.max(value))
-                    old = ranges.get(name, (lo, hi))
-                    ranges[name] = (min(old[0], lo), max(old[1], hi))
-            del session
+        if probe_path is not None:
+            onnx.save(probe, str(probe_path))  # the graph only: its weights stay in the data file beside it
+            del probe
+            session = ort.InferenceSession(str(probe_path), options, providers=["CPUExecutionProvider"])
+        else:
+            with session_source(probe) as source:
+                session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+            del probe
+        outputs = [o.name for o in session.get_outputs()]
+        for row in calibration:
+            feed = {n: t.detach().cpu().numpy() for n, t in zip(input_names, row, strict=True)}
+            values = dict(zip(outputs, session.run(outputs, feed), strict=True))
+            for name in probed:
+                lo, hi = float(values[f"{name}__ReduceMin"]), float(values[f"{name}__ReduceMax"])
+                old = ranges.get(name, (lo, hi))
+                ranges[name] = (min(old[0], lo), max(old[1], hi))
+        del session
     finally:
-        del model.graph.output[:]
-        model.graph.output.extend(outputs)
+        if probe_path is not None:
+            probe_path.unlink(missing_ok=True)
+        release_memory()
     return ranges
 
 
@@ -122,15 +166,48 @@ def int_tensor(name: str, dtype: int, values: np.ndarray) -> onnx.TensorProto:
     return numpy_helper.from_array(values.astype(helper.tensor_dtype_to_np_dtype(dtype)), name)
 
 
+class DataWriter:
+    """Writes initializers' bytes to an external data file as they are made; the protos keep only where."""
+
+    ALIGN = 4096
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.unlink(missing_ok=True)
+        self.file = self.path.open("wb")
+        self.offset = 0
+
+    def put(self, tensor: onnx.TensorProto) -> onnx.TensorProto:
+        raw = tensor.raw_data
+        if len(raw) < INLINE_TENSOR_BYTES:
+            return tensor
+        pad = (-self.offset) % self.ALIGN
+        self.file.write(b"\0" * pad)
+        self.offset += pad
+        self.file.write(raw)
+        set_external_data(tensor, location=self.path.name, offset=self.offset, length=len(raw))
+        tensor.data_location = TensorProto.EXTERNAL
+        tensor.ClearField("raw_data")
+        self.offset += len(raw)
+        return tensor
+
+    def close(self) -> None:
+        self.file.close()
+
+
 class _Builder:
-    def __init__(self, model: onnx.ModelProto) -> None:
+    def __init__(self, model: onnx.ModelProto, writer: DataWriter | None = None) -> None:
         self.model = model
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[onnx.TensorProto] = []
         self.constants: set[str] = set()
+        self.writer = writer
+
+    def add(self, tensor: onnx.TensorProto) -> None:
+        self.inits.append(self.writer.put(tensor) if self.writer is not None else tensor)
 
     def const(self, name: str, value: np.ndarray) -> str:
-        self.inits.append(numpy_helper.from_array(value, name))
+        self.add(numpy_helper.from_array(value, name))
         return name
 
     def qdq(self, tensor: str, enc: ActivationEncoding, tag: str, output: str | None = None) -> str:
@@ -159,9 +236,9 @@ class _Builder:
 
     def weight(self, name: str, q: np.ndarray, scale: np.ndarray, axis: int | None, dtype: int) -> str:
         qn = f"{name}_int"
-        self.inits.append(int_tensor(qn, dtype, q))
+        self.add(int_tensor(qn, dtype, q))
         zpn = f"{name}_zp"
-        self.inits.append(int_tensor(zpn, dtype, np.zeros(scale.shape, dtype=np.int64)))
+        self.add(int_tensor(zpn, dtype, np.zeros(scale.shape, dtype=np.int64)))
         sn = self.const(f"{name}_scale", scale.astype(np.float32))
         attrs = {"axis": axis} if axis is not None and scale.size > 1 else {}
         self.nodes.append(helper.make_node("DequantizeLinear", [qn, sn, zpn], [f"{name}_dq"], name=f"{name}_DQ",
@@ -186,7 +263,14 @@ def _stored(q: np.ndarray, ln: LayerNode, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def build_qdq(model: onnx.ModelProto, module: nn.Module, input_names: list[str],
-              calibration: list[tuple[torch.Tensor, ...]]) -> tuple[onnx.ModelProto, QdqReport]:
+              calibration: list[tuple[torch.Tensor, ...]], *, base_dir: str | Path | None = None,
+              release: bool = False, data_path: Path | None = None) -> tuple[onnx.ModelProto, QdqReport]:
+    """The Q/DQ graph of the float graph ``model`` (its external data, if any, in ``base_dir``).
+
+    Each float initializer is read when its consumer is rewritten, not all at once; ``release``: each quantized
+    layer's float weight (and frozen codes) is dropped from ``module`` as soon as its integer form is taken;
+    ``data_path``: the Q/DQ graph's tensors are written to this external data file as they are made (save the
+    graph beside it, in the same folder)."""
     trained_layers = {n: m for n, m in module.named_modules() if is_quant_layer(m)}
     rule_layers = {n: m for n, m in module.named_modules()
                    if isinstance(m, (nn.Linear, nn.Conv2d)) and not is_quant_layer(m)}
@@ -194,11 +278,26 @@ def build_qdq(model: onnx.ModelProto, module: nn.Module, input_names: list[str],
     rule = weight_layer_nodes(model, rule_layers, required=False) if rule_layers else {}
     by_node = {ln.node.name: ("trained", ln) for ln in trained.values()}
     by_node |= {ln.node.name: ("rule", ln) for ln in rule.values()}
-    ranges = calibrate_ranges(model, input_names, calibration)
+    ranges = calibrate_ranges(model, input_names, calibration, base_dir)
     g = model.graph
-    inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    init_protos = {i.name: i for i in g.initializer}
     graph_outputs = {o.name for o in g.output}
-    b = _Builder(model)
+    writer = DataWriter(data_path) if data_path is not None else None
+    try:
+        b = _Builder(model, writer)
+        return _build(b, model, trained_layers, rule_layers, trained, rule, by_node, ranges, init_protos,
+                      graph_outputs, base_dir, release)
+    finally:
+        if writer is not None:
+            writer.close()
+
+
+def _build(b: _Builder, model: onnx.ModelProto, trained_layers: dict[str, nn.Module],
+           rule_layers: dict[str, nn.Module], trained: dict[str, LayerNode], rule: dict[str, LayerNode],
+           by_node: dict[str, tuple[str, LayerNode]], ranges: dict[str, tuple[float, float]],
+           init_protos: dict[str, onnx.TensorProto], graph_outputs: set[str], base_dir: str | Path | None,
+           release: bool) -> tuple[onnx.ModelProto, QdqReport]:
+    g = model.graph
 
     def range_encoding(tensor: str) -> ActivationEncoding:
         lo, hi = ranges[tensor]
@@ -230,8 +329,8 @@ def build_qdq(model: onnx.ModelProto, module: nn.Module, input_names: list[str],
         for k, name in enumerate(node.input):
             if not name:
                 new_inputs.append(name)
-            elif name in inits:
-                value = inits[name]
+            elif name in init_protos:
+                value = tensor_value(init_protos[name], base_dir)
                 if ln is not None and k == 1:  # the layer's weight
                     layer = (trained_layers if kind == "trained" else rule_layers)[ln.layer]
                     if kind == "trained":
@@ -256,6 +355,9 @@ def build_qdq(model: onnx.ModelProto, module: nn.Module, input_names: list[str],
                     w_scale[node.name] = scale_np
                     weight_elements += int(q.size)
                     new_inputs.append(b.weight(name, stored, scale_np, ln.channel_axis, dtype))
+                    del q, stored, value
+                    if release:
+                        _release_weight(layer)
                     if kind == "trained":
                         enc_in = layer.act_encoding  # type: ignore[union-attr]
                         enc_out = layer.out_encoding  # type: ignore[union-attr]
@@ -280,7 +382,7 @@ def build_qdq(model: onnx.ModelProto, module: nn.Module, input_names: list[str],
                     s = (in_scale * w_scale[node.name]).astype(np.float32)
                     qb = np.round(value / (s if s.size > 1 else s.reshape(()))).astype(np.int64)
                     qn = f"{name}_int"
-                    b.inits.append(int_tensor(qn, TensorProto.INT32, qb))
+                    b.add(int_tensor(qn, TensorProto.INT32, qb))
                     zpn = b.const(f"{name}_zp", np.zeros(s.shape, dtype=np.int32))
                     sn = b.const(f"{name}_scale", s)
                     attrs = {"axis": 0} if s.size > 1 else {}
@@ -325,13 +427,24 @@ def build_qdq(model: onnx.ModelProto, module: nn.Module, input_names: list[str],
             prod[orig] = enc
             dq_of[orig] = b.qdq(out, enc, "a", output=orig if orig in graph_outputs else None)
 
+    used = {i for n in b.nodes for i in n.input}
+    # what passes through unchanged (shapes, indices: small) is stored inside the Q/DQ graph
+    kept = [inline(i, base_dir) for i in g.initializer if i.name in used]
     out_model = helper.make_model(
-        helper.make_graph(b.nodes, g.name, list(g.input), list(g.output), b.inits + list(g.initializer)),
+        helper.make_graph(b.nodes, g.name, list(g.input), list(g.output), b.inits + kept),
         opset_imports=list(model.opset_import), ir_version=model.ir_version,
     )
     _drop_unused(out_model)
     report = QdqReport(len(trained), len(rule), weight_elements, len(converted), report_enc)
     return out_model, report
+
+
+def _release_weight(layer: nn.Module) -> None:
+    """Drop a layer's float weight (and frozen codes) once the graph holds its integer form."""
+    empty = nn.Parameter(torch.empty(0, dtype=layer.weight.dtype), requires_grad=False)
+    layer.weight = empty  # type: ignore[assignment]
+    if getattr(layer, "frozen", None) is not None:
+        layer.frozen = None  # type: ignore[assignment]
 
 
 def _bcast(scale: np.ndarray, axis: int, ndim: int) -> np.ndarray:
@@ -343,7 +456,7 @@ def _bcast(scale: np.ndarray, axis: int, ndim: int) -> np.ndarray:
 def _scale_of(dq_output: str, b: _Builder) -> float:
     node = next(n for n in reversed(b.nodes) if n.output[0] == dq_output)
     init = next(i for i in b.inits if i.name == node.input[1])
-    return float(numpy_helper.to_array(init))
+    return float(tensor_value(init, b.writer.path.parent if b.writer is not None else None))
 
 
 def _drop_unused(model: onnx.ModelProto) -> None:

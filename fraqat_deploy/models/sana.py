@@ -3,6 +3,7 @@ its tokenizer and the DC-AE VAE stay frozen around it."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -342,7 +343,9 @@ class SanaAdapter(ModelAdapter):
 
     def components(self, model: LoadedModel, student: nn.Module | None = None, *, n_calibration: int = 8,
                    seed: int = 0) -> list[Component]:
-        return sana_components(model, student if student is not None else model.student, list(DEFAULT_PROMPTS),
+        # the components own the student they get: the FP model's is copied, a given one is taken as it is
+        student = student if student is not None else copy.deepcopy(model.student)
+        return sana_components(model, student, list(DEFAULT_PROMPTS),
                                n_calibration=n_calibration, seed=seed)
 
     def bench_inputs(self, model: LoadedModel, prompts: list[str], *, seed: int = 0, **options: Any):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import torch
 from torch import nn
@@ -100,7 +98,8 @@ def _tokens(model: LoadedModel, prompts: list[str]) -> tuple[torch.Tensor, torch
 @torch.no_grad()
 def sana_components(model: LoadedModel, student: nn.Module, prompts: list[str], *, n_calibration: int,
                     seed: int, cfg_batch: int = 2) -> list[Component]:
-    """The three graphs, calibrated on the FP model's own sampling runs of ``prompts``."""
+    """The three graphs, calibrated on the FP model's own sampling runs of ``prompts``. The transformer graph
+    takes ownership of ``student`` (no copy: a real one is GBs)."""
     parts = model.parts
     generator = torch.Generator().manual_seed(seed)
     chosen = [prompts[i % len(prompts)] for i in torch.randperm(len(prompts), generator=generator).tolist()]
@@ -116,7 +115,7 @@ def sana_components(model: LoadedModel, student: nn.Module, prompts: list[str], 
         steps=parts["steps"], guidance=parts["guidance"], shift=parts["flow_shift"],
         timestep_scale=parts.get("timestep_scale", 1.0), return_trajectory=True,
     )
-    graph = TransformerGraph(copy.deepcopy(student))
+    graph = TransformerGraph(student)
     # one calibration example per prompt, at a step spread along the trajectory
     transformer_inputs = []
     for i in range(len(chosen)):
