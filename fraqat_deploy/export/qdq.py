@@ -278,25 +278,32 @@ def build_qdq(model: onnx.ModelProto, module: nn.Module, input_names: list[str],
     rule = weight_layer_nodes(model, rule_layers, required=False) if rule_layers else {}
     by_node = {ln.node.name: ("trained", ln) for ln in trained.values()}
     by_node |= {ln.node.name: ("rule", ln) for ln in rule.values()}
-    ranges = calibrate_ranges(model, input_names, calibration, base_dir)
     g = model.graph
     init_protos = {i.name: i for i in g.initializer}
     graph_outputs = {o.name for o in g.output}
     writer = DataWriter(data_path) if data_path is not None else None
     try:
         b = _Builder(model, writer)
-        return _build(b, model, trained_layers, rule_layers, trained, rule, by_node, ranges, init_protos,
-                      graph_outputs, base_dir, release)
+        w_scale: dict[str, np.ndarray] = {}  # node name -> weight scale (for bias scales)
+        report_enc: dict[str, dict[str, Any]] = {}
+        weight_dq, weight_elements = _write_weights(b, g, by_node, trained_layers, rule_layers, init_protos,
+                                                    base_dir, release, w_scale, report_enc)
+        if release:  # the module's float weights are no longer needed: only the graph's, read one at a time
+            _release_module(module)
+            release_memory()
+        ranges = calibrate_ranges(model, input_names, calibration, base_dir)
+        return _build(b, model, trained_layers, trained, rule, by_node, ranges, init_protos, graph_outputs,
+                      base_dir, weight_dq, w_scale, report_enc, weight_elements)
     finally:
         if writer is not None:
             writer.close()
 
 
-def _build(b: _Builder, model: onnx.ModelProto, trained_layers: dict[str, nn.Module],
-           rule_layers: dict[str, nn.Module], trained: dict[str, LayerNode], rule: dict[str, LayerNode],
-           by_node: dict[str, tuple[str, LayerNode]], ranges: dict[str, tuple[float, float]],
-           init_protos: dict[str, onnx.TensorProto], graph_outputs: set[str], base_dir: str | Path | None,
-           release: bool) -> tuple[onnx.ModelProto, QdqReport]:
+def _build(b: _Builder, model: onnx.ModelProto, trained_layers: dict[str, nn.Module], trained: dict[str, LayerNode],
+           rule: dict[str, LayerNode], by_node: dict[str, tuple[str, LayerNode]],
+           ranges: dict[str, tuple[float, float]], init_protos: dict[str, onnx.TensorProto], graph_outputs: set[str],
+           base_dir: str | Path | None, weight_dq: dict[str, str], w_scale: dict[str, np.ndarray],
+           report_enc: dict[str, dict[str, Any]], weight_elements: int) -> tuple[onnx.ModelProto, QdqReport]:
     g = model.graph
 
     def range_encoding(tensor: str) -> ActivationEncoding:
@@ -306,9 +313,6 @@ def _build(b: _Builder, model: onnx.ModelProto, trained_layers: dict[str, nn.Mod
     prod: dict[str, ActivationEncoding] = {}  # encoding each float activation is produced in
     dq_of: dict[str, str] = {}  # float activation -> its DQ output
     converted: dict[tuple[str, ActivationEncoding], str] = {}
-    w_scale: dict[str, np.ndarray] = {}  # node name -> weight scale (for bias scales)
-    report_enc: dict[str, dict[str, Any]] = {}
-    weight_elements = 0
 
     for inp in g.input:
         if inp.name in ranges:
@@ -330,40 +334,9 @@ def _build(b: _Builder, model: onnx.ModelProto, trained_layers: dict[str, nn.Mod
             if not name:
                 new_inputs.append(name)
             elif name in init_protos:
-                value = tensor_value(init_protos[name], base_dir)
-                if ln is not None and k == 1:  # the layer's weight
-                    layer = (trained_layers if kind == "trained" else rule_layers)[ln.layer]
-                    if kind == "trained":
-                        q, scale, offset = layer.weight_codes()  # type: ignore[union-attr]
-                        if float(offset.abs().max()) != 0.0:
-                            raise ConfigError(f"layer '{ln.layer}' was trained with wide-range weights",
-                                              "export takes narrow-range weights: train with --weight-range narrow")
-                        q = q.numpy()
-                        dtype = _int_type(int(q.min()), int(q.max()))
-                    else:
-                        q_t, scale, _ = quantize_weight(layer.weight, RULE_WEIGHT_BITS, "narrow", "channel")
-                        q, dtype = q_t.to(torch.int32).numpy(), TensorProto.INT8
-                    scale_np = scale.detach().float().numpy().reshape(-1)
-                    stored = _stored(q, ln, value.shape)
-                    if dtype == TensorProto.INT4 and scale_np.size == 1:
-                        # the HTP takes 4-bit weights per channel only: one scale repeated is the same maths
-                        scale_np = np.repeat(scale_np, stored.shape[ln.channel_axis])
-                    bscale = scale_np if scale_np.size == 1 else _bcast(scale_np, ln.channel_axis, stored.ndim)
-                    if not np.array_equal(stored.astype(np.float32) * bscale, value):
-                        raise ConfigError(f"layer '{ln.layer}': exported weights are not the quantized ones",
-                                          "report this export as a bug")
-                    w_scale[node.name] = scale_np
-                    weight_elements += int(q.size)
-                    new_inputs.append(b.weight(name, stored, scale_np, ln.channel_axis, dtype))
-                    del q, stored, value
-                    if release:
-                        _release_weight(layer)
-                    if kind == "trained":
-                        enc_in = layer.act_encoding  # type: ignore[union-attr]
-                        enc_out = layer.out_encoding  # type: ignore[union-attr]
-                        report_enc[ln.layer] = {"weight_bits": layer.weight_bits, "weight_dtype":  # type: ignore
-                                                TensorProto.DataType.Name(dtype), "weight_scale": scale_np.tolist(),
-                                                "input": enc_in.to_dict(), "output": enc_out.to_dict()}
+                value = None if ln is not None and k == 1 else tensor_value(init_protos[name], base_dir)
+                if ln is not None and k == 1:  # the layer's weight: written before calibration
+                    new_inputs.append(weight_dq[node.name])
                 elif node.op_type == "LayerNormalization" and k == 1:  # QNN: an 8-bit scale beside 16-bit data
                     enc8 = ActivationEncoding.from_range(float(value.min()), float(value.max()), bits=8)
                     if f"{name}_u8_dq" not in b.constants:
@@ -439,10 +412,73 @@ def _build(b: _Builder, model: onnx.ModelProto, trained_layers: dict[str, nn.Mod
     return out_model, report
 
 
+def _write_weights(b: _Builder, g: onnx.GraphProto, by_node: dict[str, tuple[str, LayerNode]],
+                   trained_layers: dict[str, nn.Module], rule_layers: dict[str, nn.Module],
+                   init_protos: dict[str, onnx.TensorProto], base_dir: str | Path | None, release: bool,
+                   w_scale: dict[str, np.ndarray], report_enc: dict[str, dict[str, Any]]
+                   ) -> tuple[dict[str, str], int]:
+    """Every quantized layer's weight as its integer initializer behind a DQ node (the DQ output per node name),
+    taken from the module's codes and checked against the float graph's value, read from its file one at a time;
+    ``release``: each layer's float weight is dropped once its integer form is written."""
+    weight_dq: dict[str, str] = {}
+    weight_elements = 0
+    for node in g.node:
+        kind, ln = by_node.get(node.name, (None, None))
+        if ln is None:
+            continue
+        name = node.input[1]
+        value = tensor_value(init_protos[name], base_dir)
+        layer = (trained_layers if kind == "trained" else rule_layers)[ln.layer]
+        if kind == "trained":
+            q, scale, offset = layer.weight_codes()  # type: ignore[operator]
+            if float(offset.abs().max()) != 0.0:
+                raise ConfigError(f"layer '{ln.layer}' was trained with wide-range weights",
+                                  "export takes narrow-range weights: train with --weight-range narrow")
+            q = q.numpy()
+            dtype = _int_type(int(q.min()), int(q.max()))
+        else:
+            q_t, scale, _ = quantize_weight(layer.weight, RULE_WEIGHT_BITS, "narrow", "channel")
+            q, dtype = q_t.to(torch.int32).numpy(), TensorProto.INT8
+        scale_np = scale.detach().float().numpy().reshape(-1)
+        stored = _stored(q, ln, value.shape)
+        if dtype == TensorProto.INT4 and scale_np.size == 1:
+            # the HTP takes 4-bit weights per channel only: one scale repeated is the same maths
+            scale_np = np.repeat(scale_np, stored.shape[ln.channel_axis])
+        bscale = scale_np if scale_np.size == 1 else _bcast(scale_np, ln.channel_axis, stored.ndim)
+        if not np.array_equal(stored.astype(np.float32) * bscale, value):
+            raise ConfigError(f"layer '{ln.layer}': exported weights are not the quantized ones",
+                              "report this export as a bug")
+        w_scale[node.name] = scale_np
+        weight_elements += int(q.size)
+        weight_dq[node.name] = b.weight(name, stored, scale_np, ln.channel_axis, dtype)
+        del q, stored, value
+        if kind == "trained":
+            enc_in = layer.act_encoding  # type: ignore[union-attr]
+            enc_out = layer.out_encoding  # type: ignore[union-attr]
+            report_enc[ln.layer] = {"weight_bits": layer.weight_bits, "weight_dtype":  # type: ignore[union-attr]
+                                    TensorProto.DataType.Name(dtype), "weight_scale": scale_np.tolist(),
+                                    "input": enc_in.to_dict() if enc_in else None,
+                                    "output": enc_out.to_dict() if enc_out else None}
+        if release:
+            _release_weight(layer)
+    return weight_dq, weight_elements
+
+
+def _free(t: torch.Tensor) -> None:
+    """Free a tensor's storage in place (whoever else holds the tensor object, e.g. the exporter's graph, holds an
+    empty one from now on)."""
+    t.data = torch.empty(0, dtype=t.dtype)
+
+
+def _release_module(module: nn.Module) -> None:
+    """Free every parameter and buffer of ``module`` (its quantization settings, plain attributes, stay)."""
+    for t in [*module.parameters(), *module.buffers()]:
+        _free(t)
+
+
 def _release_weight(layer: nn.Module) -> None:
-    """Drop a layer's float weight (and frozen codes) once the graph holds its integer form."""
-    empty = nn.Parameter(torch.empty(0, dtype=layer.weight.dtype), requires_grad=False)
-    layer.weight = empty  # type: ignore[assignment]
+    """Free a layer's float weight (and frozen codes) once the graph holds its integer form."""
+    _free(layer.weight)
     if getattr(layer, "frozen", None) is not None:
         layer.frozen = None  # type: ignore[assignment]
 
