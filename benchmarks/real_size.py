@@ -292,7 +292,8 @@ def run_component(model: str, component: str, stages: list[str], work: Path, arg
         save_result(model, component, result)
     if "export" in stages:
         result["export"] = run_measured(cli + ["export", spec["adapter"], "--run", str(run), "--component",
-                                               component], logs / f"{model}-{component}-export.log", env=env)
+                                               component], logs / f"{model}-{component}-export.log",
+                                        timeout=args.export_timeout, env=env)
         result["export"] |= export_facts(run, component)
         save_result(model, component, result)
     if "compile" in stages:
@@ -416,6 +417,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                           "/tmp/fraqat-real-size")))
     parser.add_argument("--target", default="s25u")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--export-timeout", type=float, default=None, help="seconds per export stage")
     parser.add_argument("--compile-timeout", type=float, default=3600.0, help="seconds per compile stage")
     parser.add_argument("--table-only", action="store_true", help="only rewrite the tables from the JSON")
     parser.add_argument("--readme", action="store_true", help="also rewrite the README table")

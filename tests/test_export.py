@@ -142,6 +142,7 @@ def test_a_graph_over_the_protobuf_limit_uses_external_data(exported: Path, tmp_
     run = tmp_path / "big"
     shutil.copytree(exported, run, ignore=shutil.ignore_patterns("export", "compile", "bench"))
     monkeypatch.setattr(onnx_io, "EXTERNAL_DATA_BYTES", 1)
+    monkeypatch.setattr(onnx_io, "STREAM_BYTES", 1)  # and the streaming export a real Sana takes
     export_run(run, "sana", components=["transformer"])
     out = run / "export"
     for name in ("transformer.onnx", "transformer.float.onnx"):
