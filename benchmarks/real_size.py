@@ -346,6 +346,9 @@ def verdicts(model: str, component: str, r: dict[str, Any]) -> list[str]:
         ok = factor <= RSS_FACTOR_TARGET and export["peak_rss_bytes"] <= cap
         out.append(f"export peak {factor:.2f}× fp32 weights ({limit}, ≤ {cap / 1e9:.1f} GB): "
                    + ("met" if ok else "NOT met"))
+    elif export and fp32 and export.get("timed_out"):
+        out.append(f"export stopped by the benchmark's time limit after {export['seconds']:.0f} s, peak so far "
+                   f"{export['peak_rss_bytes'] / fp32:.2f}× fp32 weights: target not decided")
     else:
         out.append("export memory: not measured")
     comp = r.get("compile") or {}
