@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import os
+import signal
+import threading
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -61,15 +64,38 @@ def _friendly(fn):
                 raise
             console.print(f"[bold red]error:[/] {escape(_os_error_line(e))}", soft_wrap=True)
             raise typer.Exit(1) from None
-        except KeyboardInterrupt:
-            console.print("[bold red]interrupted[/]: what was written so far is kept; --resume continues")
-            raise typer.Exit(130) from None
+        except KeyboardInterrupt as e:
+            how = "re-run it with --resume to continue from the last checkpoint" if fn.__name__ == "train" else \
+                "re-run the same command to continue (finished stages are reused)"
+            console.print(f"[bold red]interrupted[/] ({escape(getattr(e, 'reason', None) or 'Ctrl-C')}): what was "
+                          f"written so far is kept; {how}", soft_wrap=True)
+            raise typer.Exit(130 if not getattr(e, "reason", None) else 143) from None
 
     return wrapper
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a job scheduler, ``kill``): stopped like Ctrl-C, recorded as interrupted."""
+
+    reason = "SIGTERM"
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated()
+
+
+def _stage_guard(run: Path, stage: str):
+    """One writer per stage of a run; a stage that fails or is interrupted says so in run.json. A folder that
+    is not a run yet (a typo) is left alone: the command's own error says what is missing, nothing is written."""
+    from fraqat_deploy.runs import RunDir
+
+    rd = RunDir(run)
+    return rd.guard(stage) if stage == "train" or rd.exists() else contextlib.nullcontext()
+
+
 @app.callback()
 def main(
+    ctx: typer.Context,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
     threads: Annotated[Optional[int], typer.Option(
         "--threads", min=1, help="CPU threads for training and CPU inference (default: the physical cores other "
@@ -79,6 +105,9 @@ def main(
     from fraqat_deploy.ui import enable_progress
 
     _state["debug"] = debug
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+        ctx.call_on_close(lambda: signal.signal(signal.SIGTERM, previous))
     thread_choice.apply(threads)
     enable_progress()  # long stages report progress: bars on a terminal, a line now and then in a log
     if not console.is_terminal:  # logs get results, not Hugging Face's "Loading weights" bar frames
@@ -146,7 +175,8 @@ def train(
         granularity=granularity, weight_range=weight_range, trainable=trainable, exclude=tuple(exclude or ()),
         last_layer_a16=last_layer_a16, checkpoint_every=checkpoint_every, eval_every=eval_every, resume=resume,
     )
-    result = run_training(cfg)  # ui.progress draws bars only on a terminal
+    with _stage_guard(out_dir, "train"):
+        result = run_training(cfg)  # bars on a terminal, a progress line now and then in a log
     table = Table(title=f"FraQAT {cfg.bit_schedule.name} on {model}")
     for col in ("stage", "bits", "val loss at start", "val loss at end"):
         table.add_column(col, justify="right")
@@ -189,7 +219,8 @@ def export_cmd(
     """Export a trained run to Q/DQ ONNX (opset 21) that reproduces its quantization; checks parity on the CPU."""
     from fraqat_deploy.export import export_run
 
-    manifest = export_run(run, model, components=component)
+    with _stage_guard(run, "export"):
+        manifest = export_run(run, model, components=component)
     table = Table(title=f"export of {run}")
     for col in ("component", "trained layers", "rule layers", "parity (mean / max, 8-bit steps)", ""):
         table.add_column(col)
@@ -251,9 +282,11 @@ def compile_cmd(
             raise ConfigError("give --run <exported run>, or --out <folder> to quantize the FP model (PTQ) first")
         run = _ptq_run(model, source, tiny, out_dir)
     if backend == "hub":
-        _hub_compile(run, device, resume_job, timeout, component, force, hub_device, qairt_version)
+        with _stage_guard(run, f"compile/{get_target(device).alias}"):
+            _hub_compile(run, device, resume_job, timeout, component, force, hub_device, qairt_version)
         return
-    result = compile_run(run, device, allow_cpu_fallback=allow_cpu_fallback, components=component, force=force)
+    with _stage_guard(run, f"compile/{get_target(device).alias}"):
+        result = compile_run(run, device, allow_cpu_fallback=allow_cpu_fallback, components=component, force=force)
     table = Table(title=f"compiled for {result['target']} (local QNN HTP compiler; parity on the host HTP simulator)")
     for col in ("component", "HTP ops", "CPU ops", "context bytes", "bytes/weight", "HTP vs CPU Q/DQ", "", "cached"):
         table.add_column(col)
@@ -353,8 +386,10 @@ def compare_cmd(
 
     torch.set_num_threads(min(torch.get_num_threads(), 2))
     baselines = list(baseline or [run / b for b in RunDir(run).manifest().get("baselines", [])])
-    metrics = compare_run(run, baselines, prompts=list(prompt) if prompt else None, seed=seed,
-                          lpips_weights=lpips_weights, inception_weights=inception_weights, clip_weights=clip_weights)
+    with _stage_guard(run, "compare"):
+        metrics = compare_run(run, baselines, prompts=list(prompt) if prompt else None, seed=seed,
+                              lpips_weights=lpips_weights, inception_weights=inception_weights,
+                              clip_weights=clip_weights)
     header, rows = summary_rows(metrics)
     table = Table(title=f"{metrics['model']}: every source against the FP model ({len(metrics['prompts'])} prompts)")
     for col in header:
@@ -373,7 +408,8 @@ def report_cmd(run: Annotated[Path, typer.Option(help="The run to report on.")])
     """Write one self-contained report.html: images, latency and memory, training curves, compile figures."""
     from fraqat_deploy.report import write_report
 
-    out.print(f"written: {write_report(run)}")
+    with _stage_guard(run, "report"):
+        out.print(f"written: {write_report(run)}")
 
 
 @app.command("devices")
@@ -452,9 +488,9 @@ def bench_cmd(
     if backend == "hub":
         _hub_bench(run, device, prompts, seed, steps, max_new_tokens, runs, timeout, resume_job, hub_device)
         return
+    load_trained(run, model)  # the run holds this model (one-line error otherwise); before any folder is made
     link = _device_link(device, run, target)
-    load_trained(run, model)  # the run holds this model (one-line error otherwise)
-    with progress() as bar:
+    with _stage_guard(run, f"bench/{link.label}"), progress() as bar:
         task = bar.add_task("bench", total=None, info=f"{link.label}")
 
         def on_event(kind: str, data: dict) -> None:

@@ -29,6 +29,8 @@ class Stage:
     name: str
     done: Callable[[Path], bool]
     run: Callable[[Path, Any], Any]
+    #: (run folder relative to the quick start's, stage name in its run.json): locked while it runs
+    record: tuple[str, str] = (".", "")
 
 
 @dataclass
@@ -93,13 +95,15 @@ def _report(run: Path, bar) -> None:
 
 def stages(steps: int | None) -> list[Stage]:
     return [
-        Stage("train (FraQAT W4A8)", lambda r: _status(r, "train") == "done", lambda r, b: _train(r, b, steps=steps)),
-        Stage("PTQ baseline", lambda r: _status(r / BASELINE, "train") == "done", _baseline),
-        Stage("export (Q/DQ ONNX)", lambda r: _status(r, "export") == "done", _export),
-        Stage(f"compile ({TARGET}, local)", lambda r: _status(r, f"compile/{TARGET}") == "done", _compile),
-        Stage("bench (HTP simulator)", lambda r: _status(r, "bench/sim") == "done", _bench),
-        Stage("compare", lambda r: (r / "compare" / "metrics.json").is_file(), _compare),
-        Stage("report", lambda r: (r / "report.html").is_file(), _report),
+        Stage("train (FraQAT W4A8)", lambda r: _status(r, "train") == "done", lambda r, b: _train(r, b, steps=steps),
+              (".", "train")),
+        Stage("PTQ baseline", lambda r: _status(r / BASELINE, "train") == "done", _baseline, (BASELINE, "train")),
+        Stage("export (Q/DQ ONNX)", lambda r: _status(r, "export") == "done", _export, (".", "export")),
+        Stage(f"compile ({TARGET}, local)", lambda r: _status(r, f"compile/{TARGET}") == "done", _compile,
+              (".", f"compile/{TARGET}")),
+        Stage("bench (HTP simulator)", lambda r: _status(r, "bench/sim") == "done", _bench, (".", "bench/sim")),
+        Stage("compare", lambda r: (r / "compare" / "metrics.json").is_file(), _compare, (".", "compare")),
+        Stage("report", lambda r: (r / "report.html").is_file(), _report, (".", "report")),
     ]
 
 
@@ -108,7 +112,7 @@ def quickstart(out: Path, *, steps: int | None = None, show_progress: bool = Tru
     out = Path(out)
     result = QuickstartResult(out, out / "report.html")
     plan = stages(steps)
-    with progress(disable=not show_progress) as bar:
+    with RunDir(out).lock("quickstart"), progress(disable=not show_progress) as bar:
         task = bar.add_task("quick start", total=len(plan), info="")
         for stage in plan:
             if stage.done(out):
@@ -117,7 +121,9 @@ def quickstart(out: Path, *, steps: int | None = None, show_progress: bool = Tru
                 continue
             bar.update(task, info=stage.name)
             started = time.perf_counter()
-            stage.run(out, bar)
+            folder, name = stage.record
+            with RunDir(out / folder).guard(name):
+                stage.run(out, bar)
             result.seconds[stage.name] = round(time.perf_counter() - started, 1)
             result.ran.append(stage.name)
             bar.update(task, advance=1)

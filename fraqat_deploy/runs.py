@@ -2,19 +2,43 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import importlib.metadata
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from fraqat_deploy import __version__, threads
-from fraqat_deploy.errors import InputError
+from fraqat_deploy.errors import FraqatError, InputError
+
+STATUSES = ("running", "done", "failed", "interrupted")
+#: the shape every reader of run.json relies on (valid JSON of another shape is as damaged as broken JSON)
+RUN_SCHEMA = {
+    "type": "object",
+    "required": ["stages"],
+    "properties": {
+        "stages": {
+            "type": "object",
+            "additionalProperties": {
+                "type": "object",
+                "required": ["status"],
+                "properties": {"status": {"enum": list(STATUSES)}, "reason": {"type": "string"}},
+            },
+        },
+        "model": {"type": "object", "required": ["adapter", "spec"], "properties": {"adapter": {"type": "string"}}},
+        "baselines": {"type": "array", "items": {"type": "string"}},
+    },
+}
+DAMAGED_FIX = "restore it from a copy, or train again into a new --out folder"
 
 LIBRARIES = ("torch", "diffusers", "transformers", "safetensors", "onnx", "onnxruntime", "onnxruntime-qnn", "numpy")
 
@@ -75,7 +99,9 @@ class RunDir:
     def manifest(self) -> dict[str, Any]:
         if not self.exists():
             return {"tool": "fraqat-deploy", "created": _now(), "stages": {}}
-        return read_json(self.manifest_path, "restore it from a copy, or train again into a new --out folder")
+        data = read_json(self.manifest_path, DAMAGED_FIX)
+        check_manifest(data, self.manifest_path)
+        return data
 
     def stage_dir(self, stage: str) -> Path:
         d = self.path / stage
@@ -103,6 +129,84 @@ class RunDir:
     def record_outputs(self, stage: str, files: list[Path]) -> None:
         hashes = {str(f.relative_to(self.path)): sha256_file(f) for f in files if f.is_file()}
         self.update_stage(stage, self.manifest()["stages"].get(stage, {}).get("status", "done"), outputs=hashes)
+
+
+    # ---- one writer per stage; a stage that stops says why -----------------------------------------------
+    def lock(self, stage: str) -> StageLock:
+        return StageLock(self.path / ".locks" / (stage.replace("/", "__") + ".lock"), self.path, stage)
+
+    @contextlib.contextmanager
+    def guard(self, stage: str, *, lock: bool = True) -> Iterator[None]:
+        """Hold ``stage``'s lock while it runs; if it stops on an error or an interruption while ``run.json`` says
+        it is running, record ``failed`` or ``interrupted`` with the reason."""
+        with self.lock(stage) if lock else contextlib.nullcontext():
+            try:
+                yield
+            except BaseException as e:
+                self._record_stop(stage, e)
+                raise
+
+    def _record_stop(self, stage: str, e: BaseException) -> None:
+        if isinstance(e, SystemExit) and not e.code:
+            return
+        try:
+            entry = self.manifest()["stages"].get(stage) if self.exists() else None
+        except FraqatError:
+            return  # a damaged run.json is reported as such, not overwritten
+        if not entry or entry.get("status") not in ("running", "failed") or \
+                (entry["status"] == "failed" and entry.get("reason")):
+            return
+        if isinstance(e, KeyboardInterrupt):
+            status, reason = "interrupted", getattr(e, "reason", None) or "Ctrl-C"
+        elif isinstance(e, FraqatError):
+            status, reason = "failed", e.one_line()
+        else:
+            status, reason = "failed", f"{type(e).__name__}: {e}"
+        self.update_stage(stage, status, reason=reason)
+
+
+def check_manifest(data: Any, path: Path) -> None:
+    import jsonschema
+
+    try:
+        jsonschema.validate(data, RUN_SCHEMA)
+    except jsonschema.ValidationError as e:
+        where = "/".join(str(p) for p in e.absolute_path) or "top level"
+        raise InputError(f"{path} is damaged (at {where}: {e.message})", DAMAGED_FIX) from None
+
+
+class StageLock:
+    """An exclusive lock on one stage of a run (``fcntl.flock``: released by the OS if the process dies)."""
+
+    def __init__(self, path: Path, run: Path, stage: str) -> None:
+        self.path, self.run, self.stage = path, run, stage
+        self._fd: int | None = None
+
+    def __enter__(self) -> StageLock:
+        self._new_run = not self.run.exists()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            self._new_run = False
+            raise InputError(f"{self.run} is busy: its {self.stage} stage is being written by {holder}",
+                             "wait for that process to finish (or stop it), or pass another --out") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"process {os.getpid()} ({' '.join(sys.argv[:3])[:120]})".encode())
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+        if self._new_run and {p.name for p in self.run.iterdir()} == {".locks"}:  # a refusal leaves nothing
+            shutil.rmtree(self.run, ignore_errors=True)
 
 
 def _now() -> str:

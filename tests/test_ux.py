@@ -115,3 +115,148 @@ def test_train_from_the_cli_prints_progress_lines(tmp_path: Path, monkeypatch: p
     steps = [x for x in result.output.splitlines() if "FraQAT fractional:" in x]
     assert steps and "9/9 (100%)" in steps[-1] and "stage 9/9" in steps[-1]
     assert json.loads((out / "run.json").read_text())["stages"]["train"]["status"] == "done"
+
+
+# ---- runs that stay consistent -------------------------------------------------------------------------------
+
+def _one_line_error(result) -> str:
+    assert result.exit_code != 0
+    assert "Traceback" not in result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Fix: " in lines[0], result.output
+    return lines[0]
+
+
+def test_a_second_writer_of_a_stage_is_refused(tmp_path: Path) -> None:
+    import os
+
+    from fraqat_deploy.runs import RunDir
+
+    out = tmp_path / "run"
+    with RunDir(out).lock("train"):
+        line = _one_line_error(runner.invoke(app, ["train", "digits", "--out", str(out), "--steps", "9"]))
+    assert f"process {os.getpid()}" in line and "busy" in line and "another --out" in line
+    assert not (out / "train").exists() and not (out / "run.json").exists()  # the second writer wrote nothing
+    with RunDir(out).lock("train"):  # released: the next writer gets it
+        pass
+
+
+@pytest.mark.parametrize(("error", "status", "reason"), [
+    (KeyboardInterrupt(), "interrupted", "Ctrl-C"),
+    (None, "interrupted", "SIGTERM"),
+    (ValueError("Invalid learning rate"), "failed", "ValueError: Invalid learning rate"),
+])
+def test_a_stage_that_stops_says_why(tmp_path: Path, error, status: str, reason: str) -> None:
+    from fraqat_deploy.cli import Terminated
+    from fraqat_deploy.runs import RunDir
+
+    rd = RunDir(tmp_path / "run")
+    rd.update_stage("export", "running")
+    error = error or Terminated()
+    with pytest.raises(type(error)):
+        with rd.guard("export"):
+            raise error
+    entry = rd.manifest()["stages"]["export"]
+    assert entry["status"] == status and entry["reason"] == reason
+
+
+def test_a_failed_training_is_recorded_as_failed(tmp_path: Path, one_torch_thread) -> None:
+    """The loss blowing up mid-run: run.json says failed, with the one-line reason the user saw."""
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["train", "digits", "--out", str(out), "--steps", "9", "--lr", "1e30",
+                                 "--n-train", "16", "--n-val", "8", "--calib-samples", "8"])
+    line = _one_line_error(result) if result.exit_code else pytest.skip("the loss stayed finite at lr 1e30")
+    entry = json.loads((out / "run.json").read_text())["stages"]["train"]
+    assert entry["status"] == "failed" and entry["reason"] in line
+
+
+@pytest.mark.slow
+def test_sigterm_leaves_the_run_interrupted(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "fraqat_deploy.cli", "--threads", "1", "train", "digits",
+                             "--out", str(out), "--steps", "5000", "--n-train", "16", "--n-val", "8",
+                             "--calib-samples", "8"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            try:
+                if json.loads((out / "run.json").read_text())["stages"]["train"]["status"] == "running":
+                    break
+            except (OSError, ValueError, KeyError):
+                pass
+            time.sleep(0.5)
+        os.kill(proc.pid, signal.SIGTERM)
+        output, _ = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, output
+    assert "interrupted (SIGTERM)" in output and "--resume" in output
+    entry = json.loads((out / "run.json").read_text())["stages"]["train"]
+    assert entry["status"] == "interrupted" and entry["reason"] == "SIGTERM"
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (["--lr", "-1"], "--lr must be a positive number"),
+    (["--schedule", "fractional", "--steps", "1"], "has 9 stages, more than --steps 1"),
+    (["--weight-decay", "-0.1"], "--weight-decay must be >= 0"),
+])
+def test_train_checks_options_before_any_work(tmp_path: Path, args: list[str], words: str) -> None:
+    import time
+
+    out = tmp_path / "run"
+    started = time.perf_counter()
+    line = _one_line_error(runner.invoke(app, ["train", "digits", "--out", str(out), *args]))
+    assert words in line and time.perf_counter() - started < 30  # no data generation first (it takes minutes)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("command", ["interrupted-train", "interrupted-quickstart"])
+def test_the_ctrl_c_hint_names_what_resumes(command: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import fraqat_deploy.quickstart as qs
+    import fraqat_deploy.train as tr
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(qs, "quickstart", stop)
+    monkeypatch.setattr(tr, "train", stop)
+    argv = ["train", "digits", "--out", str(tmp_path / "r")] if command.endswith("train") else \
+        ["quickstart", "--out", str(tmp_path / "q")]
+    result = runner.invoke(app, argv)
+    assert result.exit_code == 130
+    if command.endswith("train"):
+        assert "re-run it with --resume" in result.output
+    else:
+        assert "re-run the same command" in result.output and "--resume" not in result.output
+
+
+def test_bench_of_a_missing_run_creates_nothing(tmp_path: Path) -> None:
+    nope = tmp_path / "nope"
+    line = _one_line_error(runner.invoke(app, ["bench", "digits", "--run", str(nope), "--device", "sim"]))
+    assert "no run at" in line and not nope.exists()
+
+
+def test_a_refused_bench_leaves_no_folders(compiled_digits: Path, tmp_path: Path) -> None:
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(compiled_digits, run, ignore=shutil.ignore_patterns("bench"))
+    line = _one_line_error(runner.invoke(app, ["bench", "digits", "--run", str(run), "--device", "sim",
+                                               "--target", "s23u", "--prompt", "x"]))
+    assert "compile" in line and not (run / "bench").exists()
+
+
+@pytest.mark.parametrize("text", ["[1, 2, 3]", '{"stages": 5}', '{"stages": {"train": {"status": "maybe"}}}',
+                                  '{"stages": {}, "baselines": "ptq"}'])
+def test_a_run_json_of_the_wrong_shape_is_damaged(tmp_path: Path, text: str) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text(text)
+    line = _one_line_error(runner.invoke(app, ["compare", "--run", str(run)]))
+    assert "run.json is damaged" in line and "train again" in line

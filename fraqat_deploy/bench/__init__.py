@@ -9,8 +9,10 @@ is pulled; nothing already written is removed.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -230,10 +232,17 @@ def bench(run: Path, link: DeviceLink, *, prompts: list[str], seed: int = 0, run
     bench_id = bench_id or new_bench_id()
     rd = RunDir(run)
     stage = f"bench/{link.label}"
+    made = not (rd.path / stage / bench_id).exists()
     out = rd.stage_dir(f"{stage}/{bench_id}")
-    link.prepare(apk)
-    request, files = build_request(run, link, out, bench_id, prompts=prompts, seed=seed, runs=runs, warmup=warmup,
-                                   steps=steps, max_new_tokens=max_new_tokens)
+    try:
+        link.prepare(apk)
+        request, files = build_request(run, link, out, bench_id, prompts=prompts, seed=seed, runs=runs,
+                                       warmup=warmup, steps=steps, max_new_tokens=max_new_tokens)
+    except BaseException:  # a refusal (nothing compiled, no app, a changed binary) leaves no folders behind
+        if made:
+            shutil.rmtree(out, ignore_errors=True)
+        prune_empty(rd.path / "bench")
+        raise
     rd.update_stage(stage, "running", id=bench_id, device=link.label, target=link.target)
     request_remote = f"{run_dir(bench_id)}/request.json"
     files[request_remote] = out / "request.json"
@@ -294,6 +303,17 @@ def bench(run: Path, link: DeviceLink, *, prompts: list[str], seed: int = 0, run
     rd.update_stage(stage, "done", id=bench_id, result=str((out / "result.json").relative_to(run)),
                     pushed=len(pushed), skipped=len(skipped))
     return BenchResult(out, result, pushed, skipped)
+
+
+def prune_empty(folder: Path) -> None:
+    """Remove ``folder`` and the folders under it that hold no file."""
+    if not folder.is_dir():
+        return
+    for sub in sorted((p for p in folder.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        with contextlib.suppress(OSError):
+            sub.rmdir()
+    with contextlib.suppress(OSError):
+        folder.rmdir()
 
 
 def _error_fix(kind: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,7 +62,21 @@ class TrainConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
         if self.steps is not None and self.steps < 1:
             raise ConfigError("--steps must be at least 1")
-        _ = self.bit_schedule  # validate now, not at the first step
+        # everything that can be checked before minutes of data generation is checked here
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ConfigError(f"--lr must be a positive number, not {self.lr:g}", "use e.g. --lr 1e-4")
+        if self.weight_decay < 0:
+            raise ConfigError(f"--weight-decay must be >= 0, not {self.weight_decay:g}", "use e.g. --weight-decay 0")
+        for name in ("n_val", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.eval_every < 0:
+            raise ConfigError("--eval-every must be >= 0 (0: validate at stage boundaries only)")
+        schedule = self.bit_schedule  # validate now, not at the first step
+        if self.steps is not None and schedule.trains and self.steps < len(schedule.stages):
+            raise ConfigError(
+                f"schedule '{schedule.name}' has {len(schedule.stages)} stages, more than --steps {self.steps}",
+                f"give --steps {len(schedule.stages)} or more, or a schedule with fewer stages")
 
     @property
     def bit_schedule(self) -> BitSchedule:
