@@ -17,7 +17,7 @@ from rich.table import Table
 
 from fraqat_deploy.errors import ConfigError, FraqatError, InputError
 from fraqat_deploy.quant.schedule import ScheduleError
-from fraqat_deploy.ui import console, out, progress
+from fraqat_deploy.ui import console, out, progress, prompt_cut_notes, shown_prompt
 
 app = typer.Typer(
     name="fraqat-deploy",
@@ -175,6 +175,9 @@ def train(
         granularity=granularity, weight_range=weight_range, trainable=trainable, exclude=tuple(exclude or ()),
         last_layer_a16=last_layer_a16, checkpoint_every=checkpoint_every, eval_every=eval_every, resume=resume,
     )
+    note = cfg.final_bits_note()
+    if note:
+        console.print(f"note: {note}", markup=False, soft_wrap=True)
     with _stage_guard(out_dir, "train"):
         result = run_training(cfg)  # bars on a terminal, a progress line now and then in a log
     table = Table(title=f"FraQAT {cfg.bit_schedule.name} on {model}")
@@ -213,11 +216,14 @@ def generate(
 @_friendly
 def export_cmd(
     model: Annotated[str, typer.Argument(help="Model adapter of the run (digits, sana, tiny-gemma, ...).")],
-    run: Annotated[Path, typer.Option(help="The trained run folder.")],
+    run: Annotated[Optional[Path], typer.Option(help="The trained run folder (default: the newest trained run of "
+                                                     "the model under runs/).")] = None,
     component: Annotated[Optional[list[str]], typer.Option(help="Only these components.")] = None,
 ) -> None:
     """Export a trained run to Q/DQ ONNX (opset 21) that reproduces its quantization; checks parity on the CPU."""
     from fraqat_deploy.export import export_run
+
+    run = run or _newest(model, "trained", None, f"the newest trained {model} run")
 
     with _stage_guard(run, "export"):
         manifest = export_run(run, model, components=component)
@@ -230,6 +236,47 @@ def export_cmd(
                           f"{m['mean_steps']:.3f} / {m['max_steps']:.3f}", "ok" if m["passed"] else "FAIL")
     out.print(table)
     out.print(f"written: {run / 'export'}  (export.json, parity.json, <component>.onnx)")
+
+
+def _newest(model: Optional[str], need: str, target: Optional[str], what: str) -> Path:
+    """The newest run under runs/ with what the command needs, announced; a one-line error when there is none."""
+    from fraqat_deploy.commands import RUNS, newest_run
+
+    found = newest_run(model, need, target=target)  # type: ignore[arg-type]
+    if found is None:
+        verb = {"trained": "train", "exported": "export", "compiled": "compile"}[need]
+        name = model or "<model>"
+        raise InputError(f"no {what.replace('the newest ', '')} under {RUNS}/",
+                         f"pass --run <run folder>, or make one: fraqat-deploy {verb} {name}"
+                         + (f" --device {target}" if need == "compiled" and target else ""))
+    console.print(f"using {found.path} ({what}; --run chooses another)", markup=False, soft_wrap=True)
+    return found.path
+
+
+def _compile_source(model: str, source: Optional[str], tiny: bool, out_dir: Optional[Path]) -> Path:
+    """``compile <model>`` without --run: the newest trained run of the model (exported first if need be), else
+    a PTQ of the model's default full-precision source into runs/<model>-ptq (or --out)."""
+    from fraqat_deploy.commands import RUNS, has_default_source, newest_run, no_source_error, ptq_folder
+    from fraqat_deploy.export import export_run
+
+    if out_dir is None and source is None and not tiny:
+        found = newest_run(model, "trained")
+        if found is not None:
+            console.print(f"using {found.path} (the newest trained {found.adapter} run; --run chooses another)",
+                          markup=False, soft_wrap=True)
+            if found.manifest["stages"].get("export", {}).get("status") != "done":
+                console.print(f"exporting {found.path} first (Q/DQ ONNX)", markup=False)
+                with _stage_guard(found.path, "export"):
+                    export_run(found.path, model)
+            return found.path
+        if not has_default_source(model):
+            raise no_source_error(model)
+    out_dir = out_dir or ptq_folder(model)
+    console.print(f"no trained {model} run under {RUNS}/: quantizing the full-precision model without training "
+                  f"(PTQ) into {out_dir}. FraQAT training gives a better W4A8 model: fraqat-deploy train {model}",
+                  markup=False, soft_wrap=True)
+    with _stage_guard(out_dir, "train"):
+        return _ptq_run(model, source, tiny, out_dir)
 
 
 def _ptq_run(model: str, source: Optional[str], tiny: bool, out_dir: Path) -> Path:
@@ -251,8 +298,9 @@ def _ptq_run(model: str, source: Optional[str], tiny: bool, out_dir: Path) -> Pa
 def compile_cmd(
     model: Annotated[str, typer.Argument(help="Model adapter (digits, sana, tiny-gemma, ...).")],
     device: Annotated[str, typer.Option(help="Target alias (s25u, s24u, s23u) or phone name.")] = "s25u",
-    run: Annotated[Optional[Path], typer.Option(help="An exported run. Without it: PTQ of the FP model into --out.")]
-    = None,
+    run: Annotated[Optional[Path], typer.Option(help="An exported run. Default: the newest trained run of the model "
+                                                     "under runs/; if none, PTQ of the FP model into --out "
+                                                     "(runs/<model>-ptq).")] = None,
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Run folder for the PTQ path.")] = None,
     source: Annotated[Optional[str], typer.Option(help="FP model for the PTQ path.")] = None,
     tiny: Annotated[bool, typer.Option(help="Tiny config for the PTQ path.")] = False,
@@ -278,9 +326,7 @@ def compile_cmd(
     if backend not in ("local", "hub"):
         raise ConfigError(f"unknown backend '{backend}'", "use --backend local or --backend hub")
     if run is None:
-        if out_dir is None:
-            raise ConfigError("give --run <exported run>, or --out <folder> to quantize the FP model (PTQ) first")
-        run = _ptq_run(model, source, tiny, out_dir)
+        run = _compile_source(model, source, tiny, out_dir)
     if backend == "hub":
         with _stage_guard(run, f"compile/{get_target(device).alias}"):
             _hub_compile(run, device, resume_job, timeout, component, force, hub_device, qairt_version)
@@ -292,13 +338,27 @@ def compile_cmd(
         table.add_column(col)
     for name, rec in result["records"].items():
         cov, par = rec["coverage"], result["parity"][name]
-        rel = max((o["rel"] for o in par["outputs"].values()), default=0.0)
+        verdict = _parity_cell(par)
         table.add_row(name, f"{cov['htp']} ({cov['htp_fraction']:.0%})",
                       f"{cov['cpu_boundary']} boundary + {cov['cpu_fallback']} fallback",
                       f"{rec['context_binary_bytes']:,}", f"{rec['weights']['bytes_per_weight']:.3f}",
-                      f"{rel:.2%} rel", "ok" if par["passed"] else "OVER TOLERANCE", "yes" if rec["cached"] else "no")
+                      verdict, "within bound" if par["passed"] else "OVER BOUND", "yes" if rec["cached"] else "no")
     out.print(table)
     out.print(f"written: {result['out']}  (compile.json, htp_parity.json, <component>_ctx.onnx + .bin)")
+
+
+def _parity_cell(parity: dict) -> str:
+    """The worst output's relative error beside the bound it is held to (a figure alone reads like a failure)."""
+    outputs = list(parity["outputs"].values())
+    if not outputs:
+        return "-"
+    worst = max(outputs, key=lambda o: o["rel"])
+    bound = worst.get("rel_tol")
+    if bound is None:
+        return f"{worst['rel']:.2%} rel"
+    if worst["rel"] <= bound:
+        return f"{worst['rel']:.2%} rel <= bound {bound:.2%}"
+    return f"{worst['rel']:.2%} rel > {bound:.2%}" + (", within 2 output steps" if worst["passed"] else "")
 
 
 def _hub_events(bar):
@@ -412,13 +472,36 @@ def report_cmd(run: Annotated[Path, typer.Option(help="The run to report on.")])
         out.print(f"written: {write_report(run)}")
 
 
+@app.command("adb", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@_friendly
+def adb_cmd(ctx: typer.Context) -> None:
+    """Run the adb bundled with the adbutils wheel (adb is not on PATH after pip install): fraqat-deploy adb devices"""
+    import subprocess
+
+    from fraqat_deploy.device.adb import adb_binary
+
+    raise typer.Exit(subprocess.call([adb_binary(), *ctx.args]))
+
+
 @app.command("devices")
 @_friendly
-def devices_cmd() -> None:
+def devices_cmd(
+    keep_server: Annotated[bool, typer.Option(help="Leave the adb server running if this command started it.")]
+    = False,
+) -> None:
     """Every adb device: serial, model, SoC, Android, state, free storage and the app's version."""
-    from fraqat_deploy.device.adb import NO_PHONE_FIX, list_phones
+    from fraqat_deploy.device.adb import NO_PHONE_FIX, list_phones, server_running, stop_server
 
-    phones = list_phones()
+    was_running = server_running()
+    try:
+        phones = list_phones()  # adbutils starts the bundled adb server when none is listening
+    finally:
+        started = not was_running and server_running()
+        if started and not keep_server:
+            stop_server()
+    if started and keep_server:
+        console.print("note: an adb server was started and keeps running on its port (stop it: "
+                      "fraqat-deploy adb kill-server)", markup=False)
     table = Table(title="adb devices (plus 'sim': the host HTP simulator, always available)")
     for col in ("serial", "model", "SoC", "target", "Android", "state", "free MB", "app"):
         table.add_column(col)
@@ -456,8 +539,10 @@ def app_install(
 @app.command("bench")
 @_friendly
 def bench_cmd(
-    model: Annotated[str, typer.Argument(help="Model adapter (digits, tiny-gemma, ...).")],
-    run: Annotated[Path, typer.Option(help="A compiled run.")],
+    model: Annotated[Optional[str], typer.Argument(help="Model adapter (digits, tiny-gemma, ...). Default: the "
+                                                        "model of the run.")] = None,
+    run: Annotated[Optional[Path], typer.Option(help="A compiled run. Default: the newest run under runs/ compiled "
+                                                     "for the device's target (of the model, if given).")] = None,
     device: Annotated[str, typer.Option(help="'sim' (host HTP simulator), a phone serial, or a target alias (s25u).")]
     = "sim",
     prompt: Annotated[Optional[list[str]], typer.Option(help="Prompt (repeat for several).")] = None,
@@ -482,13 +567,25 @@ def bench_cmd(
     from fraqat_deploy.models import get_adapter
     from fraqat_deploy.train.load import load_trained
 
-    prompts = list(prompt or []) or [get_adapter(model).example_prompt]
     if backend not in ("local", "hub"):
         raise ConfigError(f"unknown backend '{backend}'", "use --backend local or --backend hub")
+    if run is None:
+        wanted = _bench_target(device, target)
+        what = f"the newest {model + ' ' if model else ''}run compiled for {wanted or 'a target'}"
+        run = _newest(model, "compiled", wanted, what)
+    if model is None:
+        from fraqat_deploy.runs import RunDir
+
+        if not RunDir(run).exists():
+            raise InputError(f"no run at {run} (no run.json)", "pass a run folder that `fraqat-deploy compile` wrote")
+        model = RunDir(run).manifest().get("model", {}).get("adapter") or "digits"
+    prompts = list(prompt or []) or [get_adapter(model).example_prompt]
     if backend == "hub":
         _hub_bench(run, device, prompts, seed, steps, max_new_tokens, runs, timeout, resume_job, hub_device)
         return
-    load_trained(run, model)  # the run holds this model (one-line error otherwise); before any folder is made
+    trained = load_trained(run, model)  # the run holds this model (one-line error otherwise); before any folder
+    for note in prompt_cut_notes(trained.fp.parts, prompts):
+        console.print(note, markup=False, soft_wrap=True)
     link = _device_link(device, run, target)
     with _stage_guard(run, f"bench/{link.label}"), progress() as bar:
         task = bar.add_task("bench", total=None, info=f"{link.label}")
@@ -512,6 +609,21 @@ def bench_cmd(
     _bench_table(result.result, link.label)
     out.print(f"written: {result.out / 'result.json'}  ({len(result.pushed)} file(s) pushed, "
               f"{len(result.skipped)} already on the device)")
+
+
+def _bench_target(device: str, target: Optional[str]) -> Optional[str]:
+    """The compile target a bench runs: --target, else s25u for the simulator, else the device if it is a target
+    alias; None for a phone serial (its target is known once the phone answers)."""
+    from fraqat_deploy.targets import get_target
+
+    if target:
+        return get_target(target).alias
+    if device == "sim":
+        return "s25u"
+    try:
+        return get_target(device).alias
+    except ConfigError:
+        return None
 
 
 def _hub_bench(run: Path, device: str, prompts, seed, steps, max_new_tokens, runs, timeout, resume_job, hub_device
@@ -548,7 +660,7 @@ def _bench_table(result: dict, label: str) -> None:
     for o in result["outputs"]:
         shown = o.get("image") or repr(o.get("text", ""))
         extra = f"  {o['tokens_per_second']:.1f} tokens/s" if "tokens_per_second" in o else ""
-        out.print(f"  '{o['prompt']}' seed {o['seed']}: {shown}{extra}", markup=False)
+        out.print(f"  '{shown_prompt(o['prompt'])}' seed {o['seed']}: {shown}{extra}", markup=False)
 
 
 @app.command("debug-htp")

@@ -11,6 +11,7 @@ from PIL import Image
 from fraqat_deploy.errors import ConfigError
 from fraqat_deploy.models import get_adapter
 from fraqat_deploy.train.load import load_trained
+from fraqat_deploy.ui import prompt_cut_notes, shown_prompt
 
 
 def save_image(image: torch.Tensor, path: Path) -> None:
@@ -35,16 +36,17 @@ def generate(model: str, prompts: list[str], *, out: Path | None, run: Path | No
     else:
         adapter = get_adapter(model)
         fp, student, label = adapter.load(source, tiny=tiny), None, "full-precision model"
+    notes = prompt_cut_notes(fp.parts, list(prompts))
     options = {k: v for k, v in (("steps", steps), ("guidance", guidance)) if v is not None}
     with torch.no_grad():
         result = adapter.generate(fp, list(prompts), seed=seed, student=student, **options)
     if isinstance(result, list):
-        return [f"[{label}] {text}" for text in result]
+        return notes + [f"[{label}] {text}" for text in result]
     if out is None:
         raise ConfigError("an image model needs --out <file.png>")
-    lines = []
+    lines = list(notes)
     for i, (image, prompt) in enumerate(zip(result, prompts, strict=True)):
         path = out if len(prompts) == 1 else out.with_name(f"{out.stem}-{i}{out.suffix}")
         save_image(image, path)
-        lines.append(f"{path}  '{prompt}'  seed {seed}  ({label})")
+        lines.append(f"{path}  '{shown_prompt(prompt)}'  seed {seed}  ({label})")
     return lines

@@ -172,3 +172,29 @@ def task(description: str, total: float | None) -> Iterator[Callable[..., None]]
         return
     with progress(disable=not _settings["log_progress"]) as bar:
         yield from run(bar)
+
+
+#: prompts longer than this are shown shortened (the full text is in the run's files)
+PROMPT_SHOWN = 80
+
+
+def shown_prompt(prompt: str) -> str:
+    return prompt if len(prompt) <= PROMPT_SHOWN else f"{prompt[:PROMPT_SHOWN - 3]}... ({len(prompt):,} characters)"
+
+
+def prompt_cut_notes(parts: dict, prompts: list[str]) -> list[str]:
+    """One note per prompt the model's tokenizer cuts to its length (``max_tokens`` or ``seq_len``)."""
+    tokenizer = parts.get("tokenizer")
+    limit = parts.get("max_tokens") or parts.get("seq_len")
+    if tokenizer is None or not limit:
+        return []
+    notes = []
+    for prompt in dict.fromkeys(prompts):
+        try:
+            n = len(tokenizer(prompt)["input_ids"])
+        except Exception:  # a tokenizer without the usual call: no note rather than a failure
+            continue
+        if n > int(limit):
+            notes.append(f"note: the prompt '{shown_prompt(prompt)}' is {n:,} tokens; the model reads only the first "
+                         f"{int(limit)} (the rest was cut)")
+    return notes

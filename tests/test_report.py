@@ -150,3 +150,22 @@ def test_svg_charts_are_well_formed_and_scaled():
     heights = [float(r.get("height")) for r in rects]
     assert heights[1] == pytest.approx(2 * heights[0], rel=1e-3)
     assert [t.text for t in bars.findall(f"{ns}text") if t.text and t.text.endswith("%")][-2:] == ["50.0%", "100.0%"]
+
+
+def test_report_formats_read_cleanly() -> None:
+    """One number format per table, axes that stop at 100%, an HTP share that shows a node left on the CPU."""
+    import re
+
+    from fraqat_deploy.report.sections import _stat_cells, htp_share, runs_phrase
+    from fraqat_deploy.report.svg import bar_chart
+
+    cells = _stat_cells({"n": 3, "min": 56.0, "p50": 1460.25, "p90": 1500.0, "max": 1501.0, "mean": 1000.0,
+                         "std": 0.04})
+    assert cells == ["3", "56.0", "1,460.2", "1,500.0", "1,501.0", "1,000.0", "0.0"]
+    assert runs_phrase(1, 0) == "1 measured run, no warm-up"
+    assert runs_phrase(5, 1) == "5 measured runs after 1 warm-up run"
+    assert htp_share({"htp_fraction": 0.9996, "cpu_boundary": 0, "cpu_fallback": 1}) == "99.9% (1 node on the CPU)"
+    assert htp_share({"htp_fraction": 1.0, "cpu_boundary": 2, "cpu_fallback": 0}) == "100.0% (2 nodes on the CPU)"
+    svg = bar_chart(["a", "b"], [("share", [1.0, 0.97])], title="t", y_label="share", percent=True)
+    labels = re.findall(r">(\d+)%<", svg)
+    assert labels and max(int(x) for x in labels) == 100

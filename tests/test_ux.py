@@ -260,3 +260,85 @@ def test_a_run_json_of_the_wrong_shape_is_damaged(tmp_path: Path, text: str) -> 
     (run / "run.json").write_text(text)
     line = _one_line_error(runner.invoke(app, ["compare", "--run", str(run)]))
     assert "run.json is damaged" in line and "train again" in line
+
+
+# ---- messages that help --------------------------------------------------------------------------------------
+
+def test_the_bundled_adb_runs_through_the_cli() -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "fraqat_deploy.cli", "adb", "version"], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0 and "Android Debug Bridge" in done.stdout, done.stdout + done.stderr
+
+
+def test_no_phone_errors_name_the_bundled_adb() -> None:
+    from fraqat_deploy.device.adb import NO_PHONE_FIX
+
+    assert "fraqat-deploy adb devices" in NO_PHONE_FIX and "`adb devices`" not in NO_PHONE_FIX
+
+
+def test_devices_stops_the_adb_server_it_started(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    from fraqat_deploy.device.adb import server_running
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("ANDROID_ADB_SERVER_PORT", str(port))
+    assert not server_running()
+    result = runner.invoke(app, ["devices"])
+    assert result.exit_code == 0, result.output
+    assert "no phone" in result.output and not server_running()  # the server adbutils started is gone
+    kept = runner.invoke(app, ["devices", "--keep-server"])
+    try:
+        assert kept.exit_code == 0 and server_running() and "keeps running" in kept.output, kept.output
+    finally:
+        from fraqat_deploy.device.adb import stop_server
+
+        stop_server()
+
+
+def test_the_qnn_libnative_line_is_kept_off_the_console(capfd) -> None:
+    import os
+
+    from fraqat_deploy.compile.htp import native_noise_filtered
+
+    with native_noise_filtered():  # what the QNN libraries write natively, on fds 1 and 2
+        os.write(2, b" # LIBNATIVE: No alternate configuration present in libnative_tls.conf (Success)\n")
+        os.write(2, b"a real warning\n")
+        os.write(1, b"stdout stays\n")
+    captured = capfd.readouterr()
+    assert "LIBNATIVE" not in captured.err + captured.out
+    assert "a real warning" in captured.err and "stdout stays" in captured.out
+
+
+def test_a_long_prompt_is_shown_short_and_said_to_be_cut(tmp_path: Path) -> None:
+    prompt = "a handwritten digit seven " * 400  # 10,400 characters
+    result = runner.invoke(app, ["generate", "digits", "--prompt", prompt, "--out", str(tmp_path / "x.png"),
+                                 "--steps", "1"])
+    assert result.exit_code == 0, result.output
+    assert prompt not in result.output and "(10,400 characters)" in result.output
+    assert "the model reads only the first 16" in result.output and "was cut" in result.output
+
+
+def test_a_schedule_not_ending_at_4_bits_says_what_it_makes() -> None:
+    from fraqat_deploy.train import TrainConfig
+
+    assert TrainConfig(model="digits", out=Path("x"), schedule="fractional").final_bits_note() is None
+    int16 = TrainConfig(model="digits", out=Path("x"), schedule="9.5:1").final_bits_note()
+    assert "not W4A8" in int16 and "INT16 weights" in int16 and "HTP runs INT16" in int16
+    w3 = TrainConfig(model="digits", out=Path("x"), schedule="3:4").final_bits_note()
+    assert "W3A8" in w3 and "INT4" in w3
+
+
+def test_the_compile_table_shows_parity_against_its_bound() -> None:
+    from fraqat_deploy.cli import _parity_cell
+
+    par = {"outputs": {"x": {"rel": 0.1489, "rel_tol": 0.2, "passed": True}, "y": {"rel": 0.01, "rel_tol": 0.02,
+                                                                                  "passed": True}}}
+    assert _parity_cell(par) == "14.89% rel <= bound 20.00%"
+    steps = {"outputs": {"x": {"rel": 0.05, "rel_tol": 0.02, "passed": True}}}
+    assert _parity_cell(steps) == "5.00% rel > 2.00%, within 2 output steps"

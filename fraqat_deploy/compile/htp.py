@@ -16,10 +16,14 @@ What works with onnxruntime 1.31 + onnxruntime-qnn 2.7.0 (QNN 2.51) on Linux x86
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
 import re
+import sys
+import tempfile
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,6 +37,49 @@ _LOCK = threading.Lock()
 _REGISTERED = False
 
 ProfilingLevel = Literal["basic", "detailed"]
+
+
+#: what the QNN libraries write straight to the process's stdout/stderr on every load, of no use to a user
+NATIVE_NOISE = (b"LIBNATIVE: No alternate configuration present",)
+
+
+@contextlib.contextmanager
+def native_noise_filtered() -> Iterator[None]:
+    """Keep the QNN libraries' native ``LIBNATIVE`` lines off the console: fds 1 and 2 go to temporary files
+    around the native call, and everything but those lines is written back to where it was going."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # another thread's output would be held back; the noise is harmless
+        return
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    saved, held = {}, {}
+    try:
+        for fd in (1, 2):
+            saved[fd] = os.dup(fd)
+            held[fd] = tempfile.TemporaryFile()
+            os.dup2(held[fd].fileno(), fd)
+    except OSError:  # no such fds (embedded interpreters): leave the output alone
+        for fd, copy in saved.items():
+            os.dup2(copy, fd)
+            os.close(copy)
+        yield
+        return
+    try:
+        yield
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        for fd in (1, 2):
+            os.dup2(saved[fd], fd)
+            os.close(saved[fd])
+            held[fd].seek(0)
+            kept = [line for line in held[fd].read().splitlines(keepends=True)
+                    if not any(noise in line for noise in NATIVE_NOISE)]
+            held[fd].close()
+            if kept:
+                os.write(fd, b"".join(kept))
 
 
 def _qnn_module() -> Any:
@@ -53,7 +100,8 @@ def register_qnn() -> list[Any]:
         if not _REGISTERED:
             qnn = _qnn_module()
             try:
-                ort.register_execution_provider_library(EP_NAME, qnn.get_library_path())
+                with native_noise_filtered():
+                    ort.register_execution_provider_library(EP_NAME, qnn.get_library_path())
             except Exception as exc:  # registered by someone else in this process: that is fine
                 if "already registered" not in str(exc):
                     raise ConfigError(
@@ -133,7 +181,8 @@ def htp_session(
         profiling_level=profiling_level,
         qnn_options=qnn_options,
     )
-    return ort.InferenceSession(_model_arg(onnx_path), so)
+    with native_noise_filtered():
+        return ort.InferenceSession(_model_arg(onnx_path), so)
 
 
 def _model_arg(onnx_path: str | Path | bytes) -> str | bytes:

@@ -33,6 +33,7 @@ from fraqat_deploy.compile.htp import (
     compare_arrays,
     cpu_session,
     htp_session,
+    native_noise_filtered,
     provider_options,
     qnn_versions,
     session_options,
@@ -269,7 +270,8 @@ def compile_onnx(
             external_initializers_file_path=f"{stem}_ctx.data" if ext_files else None,
         )
         try:
-            compiler.compile_to_file(str(tmp / ctx_name))
+            with native_noise_filtered():
+                compiler.compile_to_file(str(tmp / ctx_name))
         except Exception as exc:
             raise ConfigError(
                 f"the QNN HTP compiler failed on {qdq_onnx.name} for {target.alias} "

@@ -7,6 +7,7 @@ never a command (prompts travel in request.json anyway; paths and extras are quo
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
@@ -23,7 +24,40 @@ SCRIPTS_DIR = Path(__file__).resolve().parent.parent.parent / "device_scripts"
 REMOTE_SCRIPTS = "/data/local/tmp/fraqat-deploy"
 #: room left free beside a pushed file, so the app can still write its results
 PUSH_RESERVE_BYTES = 1 << 20
-NO_PHONE_FIX = "connect the phone by USB, enable USB debugging (Developer options) and check `adb devices`"
+#: adb is not on PATH after `pip install`: the adbutils wheel bundles it, `fraqat-deploy adb ...` runs that one
+ADB_HINT = "`fraqat-deploy adb devices` (the adb bundled with the adbutils wheel)"
+NO_PHONE_FIX = f"connect the phone by USB, enable USB debugging (Developer options) and check {ADB_HINT}"
+
+
+def adb_binary() -> str:
+    """The adb the adbutils wheel ships (or the one on PATH, if adbutils has none for this platform)."""
+    import shutil
+
+    import adbutils
+
+    try:
+        return str(adbutils.adb_path())
+    except Exception:  # adbutils raises its own error when no binary fits the platform
+        found = shutil.which("adb")
+        if not found:
+            raise DeviceError("no adb binary: the adbutils wheel has none for this platform and adb is not on PATH",
+                              "install Android platform-tools and put adb on PATH") from None
+        return found
+
+
+def server_running() -> bool:
+    """Is an adb server listening on the port adb uses (``ANDROID_ADB_SERVER_PORT``, default 5037)?"""
+    import socket
+
+    with contextlib.suppress(OSError), socket.create_connection(
+            ("127.0.0.1", int(os.environ.get("ANDROID_ADB_SERVER_PORT", "5037"))), timeout=1):
+        return True
+    return False
+
+
+def stop_server() -> None:
+    with contextlib.suppress(Exception):
+        client().server_kill()
 
 
 def client():
@@ -37,7 +71,7 @@ def _list() -> list[Any]:
         return list(client().list())
     except Exception as e:  # adbutils raises its own and socket errors; the user needs one line
         raise DeviceError(f"cannot reach the adb server: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
-                          "start it with `adb start-server` (adb ships in the adbutils wheel)") from None
+                          "start it with `fraqat-deploy adb start-server` (the adb bundled with adbutils)") from None
 
 
 @dataclass
@@ -57,7 +91,7 @@ class PhoneInfo:
         if self.state == "unauthorized":
             return "unlock the phone and accept the 'Allow USB debugging' prompt"
         if self.state == "offline":
-            return "reconnect the cable or run `adb reconnect`"
+            return "reconnect the cable or run `fraqat-deploy adb reconnect`"
         if self.state != "device":
             return f"the phone is '{self.state}': reconnect it"
         return None

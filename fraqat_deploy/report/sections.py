@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from html import escape
 from pathlib import Path
 from typing import Any
@@ -121,6 +122,31 @@ def text_outputs(metrics: dict[str, Any]) -> str:
 # -- latency and memory ------------------------------------------------------------------------------------
 
 _STATS = ("n", "min", "p50", "p90", "max", "mean", "std")
+#: one format for every millisecond figure (1,460.2 beside 56.0, never 1.46e+03 beside 56)
+MS = ",.1f"
+
+
+def _stat_cells(stats: dict) -> list[str]:
+    return [num(stats.get(k), "d" if k == "n" and isinstance(stats.get(k), int) else MS) for k in _STATS]
+
+
+def runs_phrase(runs: object, warmup: object) -> str:
+    """'5 measured runs after 1 warm-up run', '1 measured run, no warm-up'."""
+    def plural(n: object, word: str) -> str:
+        return f"{n} {word}{'' if n == 1 else 's'}"
+
+    measured = plural(runs, "measured run")
+    return f"{measured}, no warm-up" if warmup == 0 else f"{measured} after {plural(warmup, 'warm-up run')}"
+
+
+def htp_share(cov: dict) -> str:
+    """The share of nodes on the HTP, never rounded up to 100% while a node stays on the CPU."""
+    share = cov.get("htp_fraction")
+    if share is None:
+        return "-"
+    on_cpu = int(cov.get("cpu_boundary") or 0) + int(cov.get("cpu_fallback") or 0)
+    text = f"{math.floor(share * 1000) / 10:.1f}%"
+    return text if not on_cpu else f"{text} ({on_cpu} node{'s' if on_cpu != 1 else ''} on the CPU)"
 
 
 def latency(devices: list[DeviceResult]) -> str:
@@ -135,9 +161,9 @@ def latency(devices: list[DeviceResult]) -> str:
         r = d.result
         timings = r.get("timings_ms", {})
         comps = timings.get("components", {})
-        rows = [(name, *[num(s.get(k), ".3g") for k in _STATS]) for name, s in comps.items()]
+        rows = [(name, *_stat_cells(s)) for name, s in comps.items()]
         if timings.get("end_to_end"):
-            rows.append(("end to end", *[num(timings["end_to_end"].get(k), ".4g") for k in _STATS]))
+            rows.append(("end to end", *_stat_cells(timings["end_to_end"])))
         html += f"<h3>{escape(title)}</h3>"
         if d.kind == "simulator":
             html += f'<p class="warn">{escape(SIMULATOR_CAVEAT)}</p>'
@@ -146,10 +172,10 @@ def latency(devices: list[DeviceResult]) -> str:
         device = r.get("device", {})
         cfg = r.get("config", {})
         html += note(f"{device.get('manufacturer', '')} {device.get('model', '')}, SoC {device.get('soc', '?')}, "
-                     f"runtime {device.get('runtime', '?')}; {cfg.get('runs')} runs after {cfg.get('warmup')} "
-                     f"warm-up, {cfg.get('steps') or '-'} steps, performance mode {cfg.get('performance_mode')}; "
-                     f"init {num(timings.get('init'), '.4g')} ms, first inference "
-                     f"{num(timings.get('first_inference'), '.4g')} ms")
+                     f"runtime {device.get('runtime', '?')}; {runs_phrase(cfg.get('runs'), cfg.get('warmup'))}, "
+                     f"{cfg.get('steps') or '-'} steps, performance mode {cfg.get('performance_mode')}; "
+                     f"init {num(timings.get('init'), MS)} ms, first inference "
+                     f"{num(timings.get('first_inference'), MS)} ms")
         html += table(["component (ms)", *_STATS], rows)
         if comps:
             names = list(comps)
@@ -224,7 +250,7 @@ def compile_figures(run: Path) -> str:
             cov, weights = c.get("coverage", {}), c.get("weights", {})
             p = parity.get(name, {})
             rels = [o.get("rel") for o in p.get("outputs", {}).values() if o.get("rel") is not None]
-            rows.append((name, cov.get("nodes"), cov.get("htp"), num(cov.get("htp_fraction"), ".1%"),
+            rows.append((name, cov.get("nodes"), cov.get("htp"), htp_share(cov),
                          cov.get("cpu_boundary"), cov.get("cpu_fallback"), num(c.get("context_binary_bytes"), ",d"),
                          num(weights.get("bytes_per_weight"), ".3f"),
                          "-" if not p else f"{'passed' if p.get('passed') else 'FAILED'} ({max(rels):.2%})"

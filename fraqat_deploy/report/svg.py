@@ -142,7 +142,10 @@ def bar_chart(groups: Sequence[str], series: Sequence[tuple[str, Sequence[float 
     tops = values + [hi for ws in (whiskers or []) for w in ws if w for hi in w]
     if not values:
         return _empty(title, width, height)
-    y_ticks = nice_ticks(min(0.0, min(values)), max(tops) * 1.05 if max(tops) > 0 else 1.0)
+    top = max(tops) * 1.05 if max(tops) > 0 else 1.0
+    if percent and 0 < max(tops) <= 1.0:
+        top = 1.0  # a share never needs an axis past 100%
+    y_ticks = nice_ticks(min(0.0, min(values)), top)
     sy = _scale(y_ticks[0], y_ticks[-1], f.top + f.plot_h, f.top)
     out = [_open(width, height, title)]
     group_w = f.plot_w / max(len(groups), 1)

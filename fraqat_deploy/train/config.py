@@ -78,6 +78,10 @@ class TrainConfig:
                 f"schedule '{schedule.name}' has {len(schedule.stages)} stages, more than --steps {self.steps}",
                 f"give --steps {len(schedule.stages)} or more, or a schedule with fewer stages")
 
+    def final_bits_note(self) -> str | None:
+        """What a schedule ending at other than 4 bits produces (the toolkit's target is W4A8), else None."""
+        return final_bits_note(self.bit_schedule.final_bits, self.weight_range)
+
     @property
     def bit_schedule(self) -> BitSchedule:
         try:
@@ -105,3 +109,19 @@ class TrainConfig:
         d["data"] = str(self.data) if self.data else None
         d["exclude"] = list(self.exclude)
         return d
+
+
+def final_bits_note(bits: float, weight_range: str = "narrow") -> str | None:
+    """A schedule's last bit-width decides the deployed weights: say what they are when they are not W4A8."""
+    if bits == 4:
+        return None
+    from fraqat_deploy.quant.grid import fractional_grid
+
+    qmin, qmax = fractional_grid(bits, weight_range)  # type: ignore[arg-type]
+    if -8 <= qmin and qmax <= 7:
+        return (f"the schedule ends at {bits:g} bits, not 4: the result is W{bits:g}A8 ({qmax - qmin + 1} weight "
+                f"levels in INT4 storage); the HTP runs it as INT4 weights, at W4A8 cost and below W4A8 accuracy")
+    kind = "INT8" if -128 <= qmin and qmax <= 127 else "INT16"
+    factor = 2 if kind == "INT8" else 4
+    return (f"the schedule ends at {bits:g} bits, not 4: the result is not W4A8 but {kind} weights "
+            f"({qmax - qmin + 1} levels); the HTP runs {kind} weights, {factor}x the weight bytes of W4A8")

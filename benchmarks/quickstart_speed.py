@@ -1,0 +1,136 @@
+"""How long the README's first command takes: `fraqat-deploy quickstart` from nothing, output to a log file (not a
+terminal), on this machine as it is and with a second CPU-heavy process running beside it.
+
+    python benchmarks/quickstart_speed.py                 # both conditions -> results/quickstart_speed.*
+    python benchmarks/quickstart_speed.py --mode loaded   # one condition
+
+"loaded": a second process spins one core at 100% for the whole run (a laptop busy with other work). The machine's
+own load (other users' processes) is sampled every 5 s and reported beside each figure, since "idle" can only
+mean "no extra load added by this benchmark" on a shared machine. Also reported: the thread count the CLI chose,
+each stage's seconds, and how many progress lines the log received (the log must not stay silent for minutes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+HOG = "import time\nwhile True:\n    sum(i * i for i in range(10000))\n"
+
+
+def _loadavg() -> float:
+    return float(Path("/proc/loadavg").read_text().split()[0]) if Path("/proc/loadavg").exists() else 0.0
+
+
+def run_once(mode: str, steps: int | None) -> dict:
+    work = Path(tempfile.mkdtemp(prefix=f"qs-speed-{mode}-"))
+    hog = subprocess.Popen([sys.executable, "-c", HOG]) if mode == "loaded" else None
+    samples: list[float] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            samples.append(_loadavg())
+            stop.wait(5)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    log_path = work / "quickstart.log"
+    cmd = [sys.executable, "-m", "fraqat_deploy.cli", "quickstart", "--out", str(work / "qs")]
+    if steps:
+        cmd += ["--steps", str(steps)]
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "FRAQAT_THREADS")}  # CLI default
+    try:
+        time.sleep(3 if hog else 0)
+        load_before = _loadavg()
+        sampler.start()
+        started = time.perf_counter()
+        with open(log_path, "w") as log:
+            proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=work)
+        seconds = time.perf_counter() - started
+    finally:
+        stop.set()
+        if hog:
+            hog.kill()
+            hog.wait()
+    text = log_path.read_text(errors="replace")
+    progress_lines = [line for line in text.splitlines() if re.match(r"^\[\d\d:\d\d:\d\d\] ", line)]
+    manifest = json.loads((work / "qs" / "run.json").read_text()) if (work / "qs" / "run.json").exists() else {}
+    threads = manifest.get("stages", {}).get("train", {}).get("environment", {}).get("threads", {})
+    result = {
+        "mode": mode,
+        "exit_code": proc.returncode,
+        "minutes": round(seconds / 60, 2),
+        "steps": steps or "default (the schedule's epochs)",
+        "threads": threads,
+        "load_before": load_before,
+        "load_mean": round(statistics.mean(samples), 2) if samples else None,
+        "load_max": max(samples) if samples else None,
+        "cpu_cores": os.cpu_count(),
+        "stage_seconds": manifest.get("quickstart", {}).get("seconds", {}),
+        "progress_lines": len(progress_lines),
+        "longest_silence_s": _longest_gap(progress_lines, seconds),
+        "log_tail": text.splitlines()[-3:],
+    }
+    shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
+def _longest_gap(lines: list[str], total: float) -> float | None:
+    stamps = []
+    for line in lines:
+        h, m, s = (int(x) for x in line[1:9].split(":"))
+        stamps.append(h * 3600 + m * 60 + s)
+    if len(stamps) < 2:
+        return None
+    return float(max(((b - a) % 86400 for a, b in zip(stamps, stamps[1:], strict=False)), default=0))
+
+
+def table(results: list[dict]) -> str:
+    rows = ["| condition | minutes | threads chosen | load avg (mean / max) | progress lines | longest silence |",
+            "|---|---|---|---|---|---|"]
+    for r in results:
+        cond = "machine as is" if r["mode"] == "idle" else "+ one CPU-heavy process"
+        rows.append(f"| {cond} | {r['minutes']:.1f}{'' if r['exit_code'] == 0 else ' (FAILED)'} | "
+                    f"{r['threads'].get('threads', '?')} of {r['threads'].get('physical_cores', '?')} cores | "
+                    f"{r['load_mean']} / {r['load_max']} | {r['progress_lines']} | "
+                    f"{r['longest_silence_s'] if r['longest_silence_s'] is not None else '-'} s |")
+    return "\n".join(rows) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--mode", choices=["idle", "loaded", "both"], default="both")
+    parser.add_argument("--steps", type=int, default=None, help="training steps (default: the quick start's)")
+    args = parser.parse_args()
+    modes = ["idle", "loaded"] if args.mode == "both" else [args.mode]
+    results = []
+    for mode in modes:
+        print(f"quick start, {mode} ...", flush=True)
+        results.append(run_once(mode, args.steps))
+        print(json.dumps(results[-1], indent=1), flush=True)
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / "quickstart_speed.json"
+    old = json.loads(path.read_text()) if path.exists() else {}
+    merged = {r["mode"]: r for r in old.get("results", [])} | {r["mode"]: r for r in results}
+    from fraqat_deploy.runs import environment
+
+    data = {"what": __doc__.strip().split("\n")[0], "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "environment": environment(), "results": list(merged.values())}
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    (RESULTS / "quickstart_speed.md").write_text(table(list(merged.values())))
+    print(table(list(merged.values())))
+
+
+if __name__ == "__main__":
+    main()
