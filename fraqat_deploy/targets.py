@@ -59,7 +59,7 @@ TARGETS: tuple[Target, ...] = (
         hub_chipset="qualcomm-snapdragon-8-elite-for-galaxy",
         model_prefixes=("SM-S938",),
         source=(
-            "FraQAT paper (arXiv 2510.14823) for the phone and SM8750-AB; project REFERENCE.md (Target) for "
+            "FraQAT paper (arXiv 2510.14823) for the phone and SM8750-AB; docs/htp-notes.md (Target) for "
             "soc_model 69, v79, 8 MB VTCM, the AI Hub name and chipset attribute and the SM-S938 model codes; "
             + _SOC_ID_SOURCES
         ),

@@ -7,7 +7,7 @@ simulator runs them. The models are built here, tiny, so the whole file takes se
 - ``int4``: an int4 per-channel DequantizeLinear(axis=1) -> MatMul with uint16 activations;
 - ``det``: a quantized MatMul followed by ``Det``, which the QNN EP does not support;
 - ``rms_recip`` / ``rms_div``: an RMSNorm written as Sqrt -> Reciprocal -> Mul (the HTP departs from the CPU at
-  the Reciprocal, as REFERENCE.md found in Sana) and as Sqrt -> Div (it does not).
+  the Reciprocal, as docs/htp-notes.md records in Sana) and as Sqrt -> Div (it does not).
 """
 
 from __future__ import annotations

@@ -342,3 +342,16 @@ def test_the_compile_table_shows_parity_against_its_bound() -> None:
     assert _parity_cell(par) == "14.89% rel <= bound 20.00%"
     steps = {"outputs": {"x": {"rel": 0.05, "rel_tol": 0.02, "passed": True}}}
     assert _parity_cell(steps) == "5.00% rel > 2.00%, within 2 output steps"
+
+
+def test_nothing_points_outside_the_repository() -> None:
+    """A user who cloned the repository has docs/, not the project's private notes."""
+    root = Path(__file__).resolve().parent.parent
+    files = [root / "README.md", *root.glob("fraqat_deploy/**/*.py"), *root.glob("tests/*.py"),
+             *root.glob("android_app/**/*.kt"), *root.glob("docs/*.md")]
+    bad = [str(f.relative_to(root)) for f in files
+           if any(s in f.read_text(errors="replace") for s in ("../shared", "shared/DESIGN", "REFERENCE.md",
+                                                                "`DESIGN.md`", "``DESIGN.md``"))
+           and f.name != "test_ux.py"]
+    assert not bad, bad
+    assert (root / "docs" / "design.md").is_file() and (root / "docs" / "htp-notes.md").is_file()

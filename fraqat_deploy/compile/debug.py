@@ -2,7 +2,7 @@
 
 The Q/DQ model runs as a normal QNN EP session on the host HTP simulator and on ONNX Runtime's CPU EP, with
 intermediate tensors added as graph outputs. Adding every intermediate at once makes QNN's graph finalisation
-fail (error 1002, REFERENCE.md), so they are added in batches, in topological order, and the search stops at
+fail (error 1002, docs/htp-notes.md), so they are added in batches, in topological order, and the search stops at
 the first batch holding a tensor past the tolerance. A batch that still fails to build is split in half.
 
 Only float tensors are compared: the dequantized activations (what each quantized operator really produced)

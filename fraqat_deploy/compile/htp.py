@@ -240,7 +240,7 @@ def _qnn_build_id(lib_dir: Path) -> str | None:
 def compare_arrays(actual: Any, reference: Any, step: float | None = None) -> dict[str, float | None]:
     """Errors of ``actual`` (HTP) against ``reference`` (CPU).
 
-    ``rel`` is mean|a-b| / mean|b|, the same measure REFERENCE.md quotes for the Sana findings; ``steps`` is the
+    ``rel`` is mean|a-b| / mean|b|, the same measure docs/htp-notes.md quotes for the Sana findings; ``steps`` is the
     largest error in units of the tensor's quantization step, when the step is known.
     """
     import numpy as np

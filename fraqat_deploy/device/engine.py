@@ -1,6 +1,6 @@
 """The app's Python counterpart: runs one benchmark request on the host HTP simulator.
 
-It does what ``BenchmarkActivity`` does on the phone (``DESIGN.md``, "The phone protocol"): read
+It does what ``BenchmarkActivity`` does on the phone (``docs/design.md``, "The phone protocol"): read
 ``runs/<id>/request.json`` under the files folder, check the model files, open each compiled component, warm up,
 run, rewrite ``status.json`` as it goes, and write ``result.json`` (through a temporary file and a rename) with
 images beside it. A failure it can name (missing model, out of memory, HTP error, full storage) still ends in a

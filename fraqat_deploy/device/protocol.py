@@ -1,4 +1,4 @@
-"""The request / status / result protocol between the CLI and the app (``DESIGN.md``, "The phone protocol").
+"""The request / status / result protocol between the CLI and the app (``docs/design.md``, "The phone protocol").
 
 One JSON Schema file describes each message (``schemas/``); golden examples beside them are read by the Python
 tests and by the Kotlin core's tests, so the two sides cannot drift apart. Statistics are defined here once

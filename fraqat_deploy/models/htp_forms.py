@@ -1,6 +1,6 @@
 """Mathematically equivalent forms of a few layers that quantize well on the Hexagon HTP.
 
-Found by comparing the simulated HTP with the CPU Q/DQ run tensor by tensor (see ../shared/REFERENCE.md):
+Found by comparing the simulated HTP with the CPU Q/DQ run tensor by tensor (see docs/htp-notes.md):
 
 * RMSNorm exported as ``Sqrt -> Reciprocal -> Mul`` departs on the HTP; ``x / sqrt(mean(x^2) + eps) * w``
   (``Sqrt -> Div``) does not.
