@@ -33,7 +33,7 @@ def _loadavg() -> float:
     return float(Path("/proc/loadavg").read_text().split()[0]) if Path("/proc/loadavg").exists() else 0.0
 
 
-def run_once(mode: str, steps: int | None) -> dict:
+def run_once(mode: str, steps: int | None, timeout_s: float | None = None) -> dict:
     work = Path(tempfile.mkdtemp(prefix=f"qs-speed-{mode}-"))
     hog = subprocess.Popen([sys.executable, "-c", HOG]) if mode == "loaded" else None
     samples: list[float] = []
@@ -56,7 +56,16 @@ def run_once(mode: str, steps: int | None) -> dict:
         sampler.start()
         started = time.perf_counter()
         with open(log_path, "w") as log:
-            proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=work)
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=work)
+            try:
+                returncode = proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:  # report how far it got and the pace, not nothing
+                proc.terminate()
+                try:
+                    proc.wait(60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                returncode = None
         seconds = time.perf_counter() - started
     finally:
         stop.set()
@@ -67,10 +76,16 @@ def run_once(mode: str, steps: int | None) -> dict:
     progress_lines = [line for line in text.splitlines() if re.match(r"^\[\d\d:\d\d:\d\d\] ", line)]
     manifest = json.loads((work / "qs" / "run.json").read_text()) if (work / "qs" / "run.json").exists() else {}
     threads = manifest.get("stages", {}).get("train", {}).get("environment", {}).get("threads", {})
+    training = [line for line in progress_lines if "FraQAT" in line]
+    reached = re.search(r"FraQAT \w+: (\d+)/(\d+)", training[-1]) if training else None
     result = {
         "mode": mode,
-        "exit_code": proc.returncode,
+        "exit_code": returncode,
+        "finished": returncode == 0,
         "minutes": round(seconds / 60, 2),
+        "stopped_after_timeout": returncode is None,
+        "training_reached": f"{reached.group(1)}/{reached.group(2)} steps" if reached else None,
+        "last_progress_line": progress_lines[-1] if progress_lines else None,
         "steps": steps or "default (the schedule's epochs)",
         "threads": threads,
         "load_before": load_before,
@@ -101,7 +116,11 @@ def table(results: list[dict]) -> str:
             "|---|---|---|---|---|---|"]
     for r in results:
         cond = "machine as is" if r["mode"] == "idle" else "+ one CPU-heavy process"
-        rows.append(f"| {cond} | {r['minutes']:.1f}{'' if r['exit_code'] == 0 else ' (FAILED)'} | "
+        if r.get("stopped_after_timeout"):
+            when = f"stopped at {r['minutes']:.1f} (training {r.get('training_reached') or 'not started'})"
+        else:
+            when = f"{r['minutes']:.1f}{'' if r['exit_code'] == 0 else ' (FAILED)'}"
+        rows.append(f"| {cond} | {when} | "
                     f"{r['threads'].get('threads', '?')} of {r['threads'].get('physical_cores', '?')} cores | "
                     f"{r['load_mean']} / {r['load_max']} | {r['progress_lines']} | "
                     f"{r['longest_silence_s'] if r['longest_silence_s'] is not None else '-'} s |")
@@ -112,12 +131,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--mode", choices=["idle", "loaded", "both"], default="both")
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: the quick start's)")
+    parser.add_argument("--timeout-min", type=float, default=None,
+                        help="stop a run after this long and report how far it got (its last progress line)")
     args = parser.parse_args()
     modes = ["idle", "loaded"] if args.mode == "both" else [args.mode]
     results = []
     for mode in modes:
         print(f"quick start, {mode} ...", flush=True)
-        results.append(run_once(mode, args.steps))
+        results.append(run_once(mode, args.steps, args.timeout_min * 60 if args.timeout_min else None))
         print(json.dumps(results[-1], indent=1), flush=True)
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / "quickstart_speed.json"
