@@ -7,6 +7,7 @@ import errno
 import functools
 import os
 import signal
+import sys
 import threading
 from pathlib import Path
 from typing import Annotated, Optional
@@ -111,7 +112,17 @@ def main(
     thread_choice.apply(threads)
     enable_progress()  # long stages report progress: bars on a terminal, a line now and then in a log
     if not console.is_terminal:  # logs get results, not Hugging Face's "Loading weights" bar frames
-        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        _no_hf_bars()
+
+
+def _no_hf_bars() -> None:
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # read when huggingface_hub is first imported
+    if "huggingface_hub" in sys.modules:  # already imported (a library caller, a test): switch it off directly
+        sys.modules["huggingface_hub"].utils.disable_progress_bars()
+    if "transformers" in sys.modules:
+        import transformers.utils.logging
+
+        transformers.utils.logging.disable_progress_bar()
 
 
 @app.command()
