@@ -12,6 +12,10 @@ dependencyResolutionManagement {
         google()
         mavenCentral()
     }
+    versionCatalogs {
+        // the version matrix the CLI reads too (compile.json's app_runtime, the QNN mismatch warning)
+        create("libs") { from(files("../fraqat_deploy/device/app_versions.toml")) }
+    }
 }
 
 rootProject.name = "fraqat-deploy-app"

@@ -356,6 +356,15 @@ def compile_cmd(
                       verdict, "within bound" if par["passed"] else "OVER BOUND", "yes" if rec["cached"] else "no")
     out.print(table)
     out.print(f"written: {result['out']}  (compile.json, htp_parity.json, <component>_ctx.onnx + .bin)")
+    _warn_app_runtime(result["records"])
+
+
+def _warn_app_runtime(records: dict) -> None:
+    """Warn once when the QNN version that compiled differs from the one the Android app ships."""
+    from fraqat_deploy.device.app_versions import qnn_mismatch
+
+    for warning in dict.fromkeys(w for rec in records.values() if (w := qnn_mismatch(rec.get("versions") or {}))):
+        out.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
 
 
 def _parity_cell(parity: dict) -> str:
@@ -404,6 +413,7 @@ def _hub_compile(run: Path, device: str, resume_job, timeout: float, component, 
                       f"{rec.get('context_binary_bytes', 0):,}", "yes" if rec.get("cached") else "no")
     out.print(table)
     out.print(f"written: {result['out']}  (compile.json, <component>_ctx.onnx + .bin)")
+    _warn_app_runtime(result["records"])
 
 
 def _device_link(device: str, run: Path, target: str | None):

@@ -40,8 +40,9 @@ fun pinned(property: String, catalog: Provider<String>): String = providers.grad
 
 dependencies {
     implementation(project(":core"))
-    implementation("com.microsoft.onnxruntime:onnxruntime-android:${pinned("onnxruntimeVersion", libs.versions.onnxruntime)}")
-    implementation("com.qualcomm.qti:onnxruntime-android-qnn:${pinned("onnxruntimeQnnVersion", libs.versions.onnxruntime.qnn)}")
+    // versions: fraqat_deploy/device/app_versions.toml (flat aliases: each accessor is a Provider<String>)
+    implementation("com.microsoft.onnxruntime:onnxruntime-android:${pinned("onnxruntimeVersion", libs.versions.onnxruntime.android)}")
+    implementation("com.qualcomm.qti:onnxruntime-android-qnn:${pinned("qnnEpVersion", libs.versions.qnn.ep)}")
     implementation("com.qualcomm.qti:qnn-runtime:${pinned("qnnRuntimeVersion", libs.versions.qnn.runtime)}")
 }
 

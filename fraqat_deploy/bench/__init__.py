@@ -250,7 +250,8 @@ def bench(run: Path, link: DeviceLink, *, prompts: list[str], seed: int = 0, run
     try:
         pushed, skipped = push_files(link, files, lambda remote, sent: event("pushed", {"remote": remote,
                                                                                           "sent": sent}))
-        for stale in ("result.json", "status.json"):
+        # .started: the app's claim on a request (one request runs once, across activity re-creations)
+        for stale in ("result.json", "status.json", ".started"):
             link.remove(f"{run_dir(bench_id)}/{stale}")
         if cooldown:
             _cool_down(link, event)
@@ -287,8 +288,7 @@ def bench(run: Path, link: DeviceLink, *, prompts: list[str], seed: int = 0, run
         write_json_atomic(out / "result.json", result)
         raise DeviceError(f"the app's result does not follow the protocol: {e}",
                           "install the app version that matches this CLI") from None
-    if thermal_before is not None or thermal_after is not None:
-        result["thermal"] = {"before": thermal_before, "after": thermal_after}
+    result["thermal"] = merge_thermal(result["thermal"], thermal_before, thermal_after)
     for key, value in memory.items():
         if value is not None and result["memory_mb"].get(key) is None:
             result["memory_mb"][key] = value
@@ -314,6 +314,23 @@ def prune_empty(folder: Path) -> None:
             sub.rmdir()
     with contextlib.suppress(OSError):
         folder.rmdir()
+
+
+def merge_thermal(app: dict, host_before: int | None, host_after: int | None) -> dict:
+    """The app's own thermal readings, with only what it could not read filled in from the host's `thermal.sh`.
+
+    The app reads PowerManager at the start and the end of its own run; the host reads before `am start` and after the
+    result arrived, which spans more than the run: an app reading is never replaced. `source` says who measured.
+    """
+    merged = {"before": app.get("before"), "after": app.get("after")}
+    sources = {"app"} if merged["before"] is not None or merged["after"] is not None else set()
+    for key, host in (("before", host_before), ("after", host_after)):
+        if merged[key] is None and host is not None:
+            merged[key] = host
+            sources.add("host")
+    if sources:
+        merged["source"] = "+".join(s for s in ("app", "host") if s in sources)
+    return merged
 
 
 def _error_fix(kind: str) -> str:

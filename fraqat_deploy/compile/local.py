@@ -38,6 +38,7 @@ from fraqat_deploy.compile.htp import (
     qnn_versions,
     session_options,
 )
+from fraqat_deploy.device.app_versions import app_runtime
 from fraqat_deploy.errors import ConfigError, InputError
 from fraqat_deploy.runs import sha256_file
 from fraqat_deploy.targets import Target, get_target
@@ -344,6 +345,8 @@ def compile_onnx(
         "soc_model": target.soc_model,
         "htp_arch": target.htp_arch,
         "versions": dict(qnn_versions()) | {"ep_sdk_version": sdk[0] if len(sdk) == 1 else sdk or None},
+        # what the Android app ships (device/app_versions.toml): bench checks the two agree
+        "app_runtime": app_runtime(),
         "options": {
             "allow_cpu_fallback": allow_cpu_fallback,
             "offload_io_quantization": offload_io_quantization,

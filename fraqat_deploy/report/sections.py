@@ -189,12 +189,15 @@ def latency(devices: list[DeviceResult]) -> str:
         thermal = r.get("thermal", {})
         tps = [o["tokens_per_second"] for o in r.get("outputs", []) if "tokens_per_second" in o]
         memory_rows.append((d.label, num(mem.get("peak_pss"), ".1f"), num(mem.get("peak_rss"), ".1f"),
-                            num(mem.get("native_heap"), ".1f"), mem.get("source", ""),
-                            f"{_or_dash(thermal.get('before'))} → {_or_dash(thermal.get('after'))}",
+                            num(mem.get("native_heap"), ".1f"), num(mem.get("peak_dmabuf"), ".1f"),
+                            mem.get("source", ""),
+                            f"{_or_dash(thermal.get('before'))} → {_or_dash(thermal.get('after'))}"
+                            + (f" ({thermal['source']})" if thermal.get("source") else ""),
                             num(sum(tps) / len(tps), ".1f") if tps else "-"))
     if memory_rows:
         html += "<h3>Memory (MB) and thermal status</h3>" + table(
-            ["device", "peak PSS", "peak RSS", "native heap", "measured by", "thermal", "tokens/s"], memory_rows)
+            ["device", "peak PSS", "peak RSS", "native heap", "peak DMA-BUF (NPU buffers)", "measured by", "thermal",
+             "tokens/s"], memory_rows)
     return html
 
 

@@ -191,7 +191,7 @@ class MainActivity : Activity() {
             calls["text_encoder"]?.let { appendLine("text encoder     ${it.joinToString(" + ") { v -> ms(v) }}") }
             calls["transformer"]?.forEachIndexed { i, v -> appendLine("step ${(i + 1).toString().padStart(3)}         ${ms(v)}") }
             calls["vae_decoder"]?.let { appendLine("VAE decoder      ${ms(it.sum())}") }
-            appendLine("peak RSS ${mb(memory.peakRss)}, PSS ${mb(memory.peakPss)}, native heap ${mb(memory.nativeHeap)}")
+            appendLine("peak RSS ${mb(memory.peakRss)}, PSS ${mb(memory.peakPss)}, native heap ${mb(memory.nativeHeap)}, DMA-BUF ${mb(memory.peakDmabuf)}")
             appendLine("thermal status ${thermalBefore ?: "?"} -> ${probe.thermalStatus() ?: "?"}")
             append("QNN ${backend.device.qnnVersion ?: "?"} (model built with ${model.request.qnnVersion ?: "?"}), ONNX Runtime ${backend.device.onnxruntimeVersion ?: "?"}")
         }

@@ -97,15 +97,26 @@ data class Timings(
     }
 }
 
-/** Memory in MB; [source] says who measured it ("app" on the phone). */
-data class Memory(val peakPss: Double?, val peakRss: Double?, val nativeHeap: Double?, val source: String = "app") {
-    fun toJson(): Map<String, Any?> =
-        linkedMapOf("peak_pss" to peakPss, "peak_rss" to peakRss, "native_heap" to nativeHeap, "source" to source)
+/**
+ * Memory in MB; [source] says who measured it ("app" on the phone). [peakDmabuf]: DMA-BUF buffers the process holds
+ * (the NPU's shared buffers: neither PSS nor VmHWM counts them), null when the platform does not say.
+ */
+data class Memory(
+    val peakPss: Double?,
+    val peakRss: Double?,
+    val nativeHeap: Double?,
+    val source: String = "app",
+    val peakDmabuf: Double? = null,
+) {
+    fun toJson(): Map<String, Any?> = linkedMapOf(
+        "peak_pss" to peakPss, "peak_rss" to peakRss, "native_heap" to nativeHeap, "peak_dmabuf" to peakDmabuf, "source" to source,
+    )
 
     /** The larger of each figure (peaks over several samples), measured by [other]'s source when this has none. */
     fun max(other: Memory) = Memory(
         maxOf(peakPss, other.peakPss), maxOf(peakRss, other.peakRss), maxOf(nativeHeap, other.nativeHeap),
-        if (peakPss == null && peakRss == null && nativeHeap == null) other.source else source,
+        if (peakPss == null && peakRss == null && nativeHeap == null && peakDmabuf == null) other.source else source,
+        maxOf(peakDmabuf, other.peakDmabuf),
     )
 
     private fun maxOf(a: Double?, b: Double?) = if (a == null) b else if (b == null) a else kotlin.math.max(a, b)
@@ -113,8 +124,10 @@ data class Memory(val peakPss: Double?, val peakRss: Double?, val nativeHeap: Do
     companion object {
         val UNKNOWN = Memory(null, null, null)
 
-        fun fromJson(o: Map<String, Any?>) =
-            Memory(o.doubleOrNull("peak_pss"), o.doubleOrNull("peak_rss"), o.doubleOrNull("native_heap"), o.strOrNull("source") ?: "app")
+        fun fromJson(o: Map<String, Any?>) = Memory(
+            o.doubleOrNull("peak_pss"), o.doubleOrNull("peak_rss"), o.doubleOrNull("native_heap"), o.strOrNull("source") ?: "app",
+            o.doubleOrNull("peak_dmabuf"),
+        )
     }
 }
 
