@@ -22,6 +22,7 @@ APP = ROOT / "android_app"
 MATRIX = ROOT / "fraqat_deploy" / "device" / "app_versions.toml"
 SCRIPT = APP / "app" / "compile-check.sh"
 SOURCES = APP / "app" / "src" / "main" / "java" / "dev" / "fraqat" / "deploy"
+CORE = APP / "core" / "src" / "main" / "kotlin" / "dev" / "fraqat" / "deploy" / "core"
 
 
 def _accessor(alias: str) -> str:
@@ -46,9 +47,11 @@ def test_catalog_aliases_are_flat_and_the_build_uses_existing_accessors():
             assert used in versions, f"{script.name}: libs.versions.{used} is not in the catalog"
         for used in re.findall(r"libs\.plugins\.([A-Za-z0-9.]+)\)", text):
             assert used in plugins, f"{script.name}: libs.plugins.{used} is not in the catalog"
-    # the same Kotlin compiler for the app's compile check and the core's tests
-    kotlin = re.search(r"^KOTLIN_VERSION=(\S+)", (APP / "core" / "build-and-test.sh").read_text(), re.M)
-    assert kotlin is None or kotlin.group(1) == catalog["versions"]["kotlin"]
+    # one Kotlin compiler and one desktop ONNX Runtime Java version for the app's compile check and the core's tests
+    core_script = (APP / "core" / "build-and-test.sh").read_text()
+    for variable, entry in (("KOTLIN_VERSION", "kotlin"), ("ORT_JAVA_VERSION", "onnxruntime-jvm")):
+        pinned = re.search(rf"^{variable}=(\S+)", core_script, re.M)
+        assert pinned is None or pinned.group(1) == catalog["versions"][entry], (variable, entry)
 
 
 def test_the_cli_reads_the_matrix_and_warns_on_a_qnn_mismatch():
@@ -115,19 +118,20 @@ def test_a_misspelled_android_or_onnxruntime_call_fails_the_compile(compiled, tm
     broken = tmp_path / "src"
     broken.mkdir()
     mutations = {  # file -> (correct call, misspelled call): one Android API, one ONNX Runtime API
-        "AndroidProbe.kt": ("Debug.getNativeHeapAllocatedSize()", "Debug.getNativeHeapAllocatedSise()"),
-        "HtpBackend.kt": ("env.registerExecutionProviderLibrary(", "env.registerExecutionProviderLibary("),
+        SOURCES / "AndroidProbe.kt": ("Debug.getNativeHeapAllocatedSize()", "Debug.getNativeHeapAllocatedSise()"),
+        # the app's ONNX Runtime code lives in the core's OrtBackend (HtpBackend delegates to it)
+        CORE / "OrtBackend.kt": ("env.registerExecutionProviderLibrary(", "env.registerExecutionProviderLibary("),
     }
-    for name, (good, bad) in mutations.items():
-        text = (SOURCES / name).read_text()
-        assert good in text, f"{name} no longer calls {good}: update this test"
-        (broken / name).write_text(text.replace(good, bad))
+    for source, (good, bad) in mutations.items():
+        text = source.read_text()
+        assert good in text, f"{source.name} no longer calls {good}: update this test"
+        (broken / source.name).write_text(text.replace(good, bad))
     # the two changed files only, against the classes of the good compile (a full compile takes minutes)
     bad_run = subprocess.run(["bash", str(SCRIPT), "--out", str(tmp_path / "out"), "--app-src", str(broken),
                               "--against", str(out / "classes")], capture_output=True, text=True, timeout=900)
     log = bad_run.stdout + bad_run.stderr
     assert bad_run.returncode == 1, log[-3000:]
     assert "compile check FAILED" in log
-    for name, (_, bad) in mutations.items():
+    for source, (_, bad) in mutations.items():
         member = re.search(r"\.(\w+)\(", bad).group(1)
-        assert re.search(rf"{name}:\d+:\d+: error: unresolved reference '{member}'", log), (name, log[-3000:])
+        assert re.search(rf"{source.name}:\d+:\d+: error: unresolved reference '{member}'", log), (source, log[-3000:])

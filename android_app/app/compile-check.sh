@@ -16,7 +16,7 @@
 # `mvn dependency:get` into the local Maven repository (~/.m2) once; the Kotlin compiler is the npm package
 # core/build-and-test.sh installs (same version, same cache). This is a compile check, not an APK build: D8 (dex) and
 # aapt2 (resources, manifest) are not published on Maven Central, and neither are the ONNX Runtime Android / QNN
-# AARs as this project's registry serves them: the QNN AAR's two Kotlin helpers are declared in
+# AARs as this project's registry serves them: the QNN AAR's Kotlin helper is declared in
 # tests/android_stubs (see android_app/README.md, "What is proven off the phone").
 # Exits 0 when everything compiles (and the tests pass), 1 on a compile error or a failing test, 2 when a tool or a
 # download is missing.
