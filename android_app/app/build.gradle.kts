@@ -1,5 +1,6 @@
 // The Android layer: BenchmarkActivity (driven by `fraqat-deploy bench`), the demo screen, ONNX Runtime sessions on
-// the QNN HTP. Everything else is in :core. Not built by the repository's CI (no Android SDK there).
+// the QNN HTP. Everything else is in :core. The repository's CI cannot build the APK (no Android SDK there); it
+// compiles these sources against the Android API 35 classes instead (compile-check.sh, see README.md).
 plugins {
     alias(libs.plugins.android.application)
 }
