@@ -59,6 +59,13 @@ def test_the_cli_reads_the_matrix_and_warns_on_a_qnn_mismatch():
     catalog = tomllib.loads(MATRIX.read_text())["versions"]
     assert runtime == {"onnxruntime_android": catalog["onnxruntime-android"], "onnxruntime_qnn": catalog["qnn-ep"],
                        "qnn_runtime": catalog["qnn-runtime"], "qairt": catalog["qairt"]}
+    # the app pins the ONNX Runtime / QNN EP releases the CLI is pinned to (pyproject's tested ranges)
+    from packaging.requirements import Requirement
+
+    deps = {(r := Requirement(d)).name: r for d in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+            ["dependencies"]}
+    assert deps["onnxruntime"].specifier.contains(runtime["onnxruntime_android"])
+    assert deps["onnxruntime-qnn"].specifier.contains(runtime["onnxruntime_qnn"])
     pinned = runtime["qnn_runtime"]
     assert qnn_mismatch({"qnn_sdk": pinned, "qnn_build": f"{pinned}.260929181845"}) is None
     assert qnn_mismatch({"qnn_sdk": None, "qnn_build": None}) is None  # unknown: nothing to compare
