@@ -76,8 +76,8 @@ def run_once(mode: str, steps: int | None, timeout_s: float | None = None) -> di
     progress_lines = [line for line in text.splitlines() if re.match(r"^\[\d\d:\d\d:\d\d\] ", line)]
     manifest = json.loads((work / "qs" / "run.json").read_text()) if (work / "qs" / "run.json").exists() else {}
     threads = manifest.get("stages", {}).get("train", {}).get("environment", {}).get("threads", {})
-    training = [line for line in progress_lines if "FraQAT" in line]
-    reached = re.search(r"FraQAT \w+: (\d+)/(\d+)", training[-1]) if training else None
+    steps_seen = [m for m in (re.search(r"FraQAT \w+: (\d+)/(\d+)", line) for line in progress_lines) if m]
+    reached = steps_seen[-1] if steps_seen else None  # the FraQAT run's last step line (PTQ has no steps)
     result = {
         "mode": mode,
         "exit_code": returncode,

@@ -30,6 +30,8 @@ out = Console(highlight=False, width=_WIDTH)
 
 #: seconds between two progress lines of one task in a log
 LOG_PERIOD_S = 30.0
+#: below this many units (the quick start's 7 stages) the units differ too much in length for a time-left guess
+ETA_MIN_UNITS = 20
 #: the CLI turns progress on; library calls (tests, scripts) stay quiet unless they pass their own display
 _settings = {"log_progress": False}
 _active: list[Progress] = []  # the displays open now, innermost last: nested stages add their task to it
@@ -104,7 +106,7 @@ class LogProgress(Progress):
         done = task.completed - mark["done0"]
         if finished:
             parts.append("- done")
-        elif task.total and done > 0:
+        elif task.total and task.total >= ETA_MIN_UNITS and done > 0:
             left = (task.total - task.completed) * elapsed / done
             parts.append(f"- about {_duration(left)} left")
         console.print(f"[{time.strftime('%H:%M:%S')}] " + " ".join(parts), markup=False, highlight=False,

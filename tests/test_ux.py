@@ -62,13 +62,18 @@ def test_progress_in_a_log_is_a_line_now_and_then(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(ui, "LOG_PERIOD_S", 0.0)
     monkeypatch.setitem(ui._settings, "log_progress", True)
     with ui.progress() as bar:
-        t = bar.add_task("FraQAT fractional", total=4, info="")
-        for step in range(1, 5):
+        t = bar.add_task("FraQAT fractional", total=40, info="")
+        for step in range(1, 41):
             bar.update(t, completed=step, info=f"stage 1/9  8 bits  loss 0.{step}")
-    lines = [x for x in capsys.readouterr().err.splitlines() if "FraQAT" in x]
-    assert len(lines) == 4 and "\x1b" not in "".join(lines)  # plain text, no bar frames
-    assert "1/4 (25%)" in lines[0] and "left" in lines[0] and "loss 0.1" in lines[0]
-    assert "4/4 (100%)" in lines[-1] and "done" in lines[-1]
+        stages = bar.add_task("quick start", total=7, info="")
+        bar.update(stages, completed=1)
+    err = capsys.readouterr().err
+    lines = [x for x in err.splitlines() if "FraQAT" in x]
+    assert len(lines) == 40 and "\x1b" not in "".join(lines)  # plain text, no bar frames
+    assert "1/40 (2%)" in lines[0] and "left" in lines[0] and "loss 0.1" in lines[0]
+    assert "40/40 (100%)" in lines[-1] and "done" in lines[-1]
+    stage_lines = [x for x in err.splitlines() if "quick start" in x]
+    assert stage_lines and "left" not in stage_lines[0]  # 7 unequal stages: no time-left guess
 
 
 def test_progress_lines_are_rate_limited(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
