@@ -359,11 +359,24 @@ def compile_cmd(
     _warn_app_runtime(result["records"])
 
 
+def _compile_records(run: Path, target: str) -> dict:
+    """compile.json's component records for ``target`` ({} when there is none: bench says so itself)."""
+    import json
+
+    try:
+        data = json.loads((run / "compile" / target / "compile.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    components = data.get("components") if isinstance(data, dict) else None
+    return components if isinstance(components, dict) else {}
+
+
 def _warn_app_runtime(records: dict) -> None:
     """Warn once when the QNN version that compiled differs from the one the Android app ships."""
     from fraqat_deploy.device.app_versions import qnn_mismatch
 
-    for warning in dict.fromkeys(w for rec in records.values() if (w := qnn_mismatch(rec.get("versions") or {}))):
+    found = (qnn_mismatch(rec.get("versions") or {}) for rec in records.values() if isinstance(rec, dict))
+    for warning in dict.fromkeys(w for w in found if w):
         out.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
 
 
@@ -608,6 +621,8 @@ def bench_cmd(
     for note in prompt_cut_notes(trained.fp.parts, prompts):
         console.print(note, markup=False, soft_wrap=True)
     link = _device_link(device, run, target)
+    if device != "sim":  # a phone: its app loads only context binaries of its own QNN version
+        _warn_app_runtime(_compile_records(run, link.target))
     with _stage_guard(run, f"bench/{link.label}"), progress() as bar:
         task = bar.add_task("bench", total=None, info=f"{link.label}")
 

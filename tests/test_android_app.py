@@ -75,6 +75,24 @@ def test_the_cli_reads_the_matrix_and_warns_on_a_qnn_mismatch():
     assert qnn_mismatch({"qnn_build": "2.49.0", "qairt": "2.49.0"}) == warning
 
 
+def test_compile_and_bench_warn_when_compile_json_has_another_qnn(tmp_path: Path):
+    from fraqat_deploy import cli
+
+    folder = tmp_path / "compile" / "s25u"
+    folder.mkdir(parents=True)
+    records = {"transformer": {"versions": {"qnn_sdk": "2.49.0", "qnn_build": "2.49.0.250101000000"}},
+               "vae_decoder": {"versions": {"qnn_sdk": "2.49.0"}}}
+    (folder / "compile.json").write_text(json.dumps({"components": records}))
+    with cli.out.capture() as captured:
+        cli._warn_app_runtime(cli._compile_records(tmp_path, "s25u"))
+    text = captured.get()
+    assert text.count("warning:") == 1 and "compiled with QNN 2.49.0" in text  # once, not per component
+    (folder / "compile.json").write_text("{damaged")
+    with cli.out.capture() as captured:
+        cli._warn_app_runtime(cli._compile_records(tmp_path, "s25u"))
+    assert captured.get() == ""
+
+
 def test_compile_json_records_the_app_runtime(compiled_digits: Path):
     data = json.loads(next(compiled_digits.rglob("compile.json")).read_text())
     for record in data["components"].values():
