@@ -40,7 +40,7 @@ GIB = 1 << 30
 #: issue targets: export peak RSS <= 3x the component's fp32 weights; compiled bytes per weight of INT4 components
 RSS_FACTOR_TARGET = 3.0
 BYTES_PER_WEIGHT_TARGET = 0.6
-STAGES = ("build", "ptq", "export", "compile")
+STAGES = ("build", "ptq", "export", "compile", "collect")
 
 #: model -> component -> (what is real in its folder, the adapter, whether its weights are INT4 after PTQ)
 MODELS: dict[str, dict[str, dict[str, Any]]] = {
@@ -296,6 +296,16 @@ def run_component(model: str, component: str, stages: list[str], work: Path, arg
                                         timeout=args.export_timeout, env=env)
         result["export"] |= export_facts(run, component)
         save_result(model, component, result)
+    if "collect" in stages:  # an export that ran without the runner's time limit, followed by a watcher
+        measured = json.loads(Path(args.export_measured).read_text()) if args.export_measured else {}
+        status = json.loads((run / "run.json").read_text()).get("stages", {}).get("export", {}).get("status")
+        result["export"] = {
+            "cmd": f"fraqat-deploy export {spec['adapter']} --run {run} --component {component}",
+            "seconds": measured.get("seconds"), "peak_rss_bytes": measured.get("peak_rss_bytes"),
+            "exit_code": {"done": 0, "failed": 1}.get(status), "timed_out": False,
+            "measured_by": "the kernel's high-water mark (VmHWM) of the export process, read every 2 s until it "
+                           "ended (the process runs no children)", "log_tail": []} | export_facts(run, component)
+        save_result(model, component, result)
     if "compile" in stages:
         result["compile"] = run_measured(cli + ["compile", spec["adapter"], "--run", str(run), "--component",
                                                 component, "--device", args.target],
@@ -420,6 +430,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                           "/tmp/fraqat-real-size")))
     parser.add_argument("--target", default="s25u")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--export-measured", help="collect: JSON with seconds and peak_rss_bytes of the export")
     parser.add_argument("--export-timeout", type=float, default=None, help="seconds per export stage")
     parser.add_argument("--compile-timeout", type=float, default=3600.0, help="seconds per compile stage")
     parser.add_argument("--table-only", action="store_true", help="only rewrite the tables from the JSON")
