@@ -454,8 +454,14 @@ def render_table(data: dict[str, Any]) -> str:
              "binary | B/weight | HTP coverage | HTP parity |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     notes = []
-    for model, comps in data.items():
+    for model in MODELS:
+        comps = {c: data.get(model, {}).get(c) for c in MODELS[model]}
         for component, r in comps.items():
+            if not r:
+                lines.append(f"| {model} / {component} | " + " | ".join(["not run"] * 10) + " |")
+                notes.append(f"- **{model} / {component}**: not run in this session (no time left after the "
+                             f"transformer on this machine).")
+                continue
             export, comp = r.get("export") or {}, r.get("compile") or {}
             files = export.get("files", {})
             qdq = files.get(f"{component}.onnx", 0) + files.get(f"{component}.onnx.data", 0)
@@ -475,6 +481,18 @@ def render_table(data: dict[str, Any]) -> str:
             lines.append("| " + " | ".join(cells) + " |")
             notes.append(f"- **{model} / {component}**: " + "; ".join(verdicts(model, component, r))
                          + ("." if not r.get("note") else f". {r['note']}"))
+    head = data.get("gemma2b_lm_head", {})
+    if head:
+        notes.append("")
+        notes.append("Gemma-2-2B's head alone (`--lm-head-probe`: `[1, N, 2304] x [2304, 256000]`, INT4 per channel, "
+                     "uint16 logits), compiled for the target:")
+        for h in head.values():
+            cov = h.get("coverage")
+            bpw = (h.get("weights") or {}).get("bytes_per_weight")
+            notes.append(f"- N = {h['tokens']}: {_stage_cell(h)}"
+                         + (f"; context binary {_gib(h['context_binary_bytes'])}, {bpw:.3f} B/weight, "
+                            f"{cov['htp_fraction']:.0%} on the HTP" if cov and bpw is not None else "")
+                         + (f"; {h['log_tail'][-1]}" if h.get("log_tail") else ""))
     return "\n".join(lines + [""] + notes) + "\n"
 
 
