@@ -163,9 +163,14 @@ def train(
     loss: Annotated[Optional[str], typer.Option(help="mse or kl (default: the model's).")] = None,
     seed: Annotated[int, typer.Option()] = 0,
     n_train: Annotated[int, typer.Option(help="Distillation examples.")] = 256,
-    n_val: Annotated[int, typer.Option(help="Validation examples.")] = 64,
-    calib_samples: Annotated[int, typer.Option(help="Examples for activation calibration.")] = 32,
-    calibration: Annotated[str, typer.Option(help="meanstd (the paper) or minmax.")] = "meanstd",
+    n_val: Annotated[int, typer.Option(help="Held-out validation rows (prompts/noise or files never trained on).")
+                     ] = 256,
+    calib_samples: Annotated[int, typer.Option(help="Training rows for activation calibration.")] = 100,
+    calibration: Annotated[str, typer.Option(help="Activation ranges: mse (default, least quantization error), "
+                                             "minmax, percentile, meanstd (the paper), learned (LSQ+, trained).")
+                           ] = "mse",
+    recalibrate_each_stage: Annotated[bool, typer.Option(
+        help="Recalibrate the activation ranges at each schedule stage's start.")] = False,
     granularity: Annotated[str, typer.Option(help="Weight scales per 'tensor' (the paper) or 'channel'.")] = "tensor",
     weight_range: Annotated[str, typer.Option(help="narrow (symmetric) or wide (asymmetric).")] = "narrow",
     trainable: Annotated[str, typer.Option(help="Selective training: all, blocks, ff, attn.")] = "all",
@@ -183,6 +188,7 @@ def train(
         model=model, out=out_dir, source=source, tiny=tiny, data=data, schedule=schedule, steps=steps,
         batch_size=batch_size, grad_accum=grad_accum, lr=lr, optimizer=optimizer, weight_decay=weight_decay,
         loss=loss, seed=seed, n_train=n_train, n_val=n_val, calib_samples=calib_samples, calibration=calibration,
+        recalibrate_each_stage=recalibrate_each_stage,
         granularity=granularity, weight_range=weight_range, trainable=trainable, exclude=tuple(exclude or ()),
         last_layer_a16=last_layer_a16, checkpoint_every=checkpoint_every, eval_every=eval_every, resume=resume,
     )

@@ -10,6 +10,7 @@ from torch import nn
 
 from fraqat_deploy.quant import (
     ActivationEncoding,
+    LearnedEncoding,
     QuantConv2d,
     QuantLinear,
     QuantPolicy,
@@ -27,6 +28,7 @@ from fraqat_deploy.quant import (
     set_trainable,
     set_weight_bits,
 )
+from fraqat_deploy.quant.activation import quantization_mse
 
 
 @pytest.mark.parametrize(
@@ -145,8 +147,52 @@ def test_calibration_methods():
     assert lo == pytest.approx(float(allx.mean() - 3 * allx.std(unbiased=False)), rel=1e-6)
     assert hi == pytest.approx(float(allx.mean() + 3 * allx.std(unbiased=False)), rel=1e-6)
     assert obs.range("minmax") == (pytest.approx(float(allx.min())), 50.0)
-    with pytest.raises(ValueError, match="meanstd, minmax"):
-        obs.range("percentile")  # type: ignore[arg-type]
+    lo, hi = obs.range("percentile")  # 99.99% of the values: the outlier falls outside
+    assert float(allx.min()) <= lo < 1 < hi < 50.0
+    errors = {m: quantization_mse(allx.float(), obs.encoding(m, 8)) for m in ("minmax", "meanstd", "percentile",
+                                                                            "mse")}
+    assert errors["mse"] <= min(errors.values()) * 1.05  # the search's error model is an estimate
+    heavy = RangeObserver()  # a heavy-tailed tensor: clipping the tails pays
+    heavy.observe(torch.randn(20000, generator=gen) ** 3)
+    mse_of = lambda m: quantization_mse(heavy.sample, heavy.encoding(m, 8))  # noqa: E731
+    assert mse_of("mse") <= min(mse_of(m) for m in ("minmax", "meanstd", "percentile")) * 1.01
+    assert mse_of("meanstd") > 2 * mse_of("mse")  # mean +- 3 std clips away what costs most
+    assert obs.range("learned") == obs.range("mse")  # learned ranges start from the MSE search
+    with pytest.raises(ValueError, match="mse, minmax, percentile, meanstd, learned"):
+        obs.range("histogram")  # type: ignore[arg-type]
+
+
+def test_observer_sample_is_uniform_and_bounded():
+    obs = RangeObserver(sample_size=1000)
+    for i in range(20):
+        obs.observe(torch.full((500,), float(i)))
+    assert obs.sample.numel() == 1000 and obs.count == 10_000
+    counts = torch.bincount(obs.sample.long(), minlength=20).float()
+    assert counts.min() > 20 and counts.max() < 80  # every call equally represented (50 expected)
+
+
+def test_learned_encoding_matches_qdq_and_learns():
+    enc = ActivationEncoding.from_range(-1.0, 2.0)
+    learned = LearnedEncoding(enc)
+    x = (torch.randn(4000, generator=torch.Generator().manual_seed(0)) * 1.5).requires_grad_(True)
+    y = learned(x)
+    exported = learned.encoding()
+    assert exported.zero_point == enc.zero_point and exported.scale == pytest.approx(enc.scale, rel=1e-6)
+    assert torch.equal(y, fake_quant_activation(x, exported))  # what export writes is what trained
+    (y - x.detach()).square().mean().backward()
+    lo, hi = exported.range
+    far_out = (x.detach() < lo - exported.scale) | (x.detach() > hi + exported.scale)
+    assert far_out.any() and not x.grad[far_out].any() and x.grad[~far_out].any()  # clipped STE
+    assert learned.log_scale.grad < 0  # values clipped on both sides: the range should grow
+    opt = torch.optim.Adam(learned.parameters(), lr=0.05)
+    for _ in range(30):
+        opt.zero_grad()
+        (learned(x.detach()) - x.detach()).square().mean().backward()
+        opt.step()
+        learned.clamp_()
+    after = learned.encoding()
+    assert after.range[1] - after.range[0] > 3.0  # wider than the too-narrow start
+    assert torch.equal(learned(x.detach()), fake_quant_activation(x.detach(), after))
 
 
 class Tiny(nn.Module):

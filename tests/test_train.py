@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import json
+import math
 import os
 import shutil
 import signal
@@ -18,7 +20,9 @@ from typer.testing import CliRunner
 
 from fraqat_deploy.cli import app
 from fraqat_deploy.errors import ConfigError, InputError
+from fraqat_deploy.models.sana import DEFAULT_PROMPTS
 from fraqat_deploy.train import TrainConfig, train
+from fraqat_deploy.train.heldout import HELDOUT_PROMPTS, heldout_rows
 
 runner = CliRunner()
 QUICK = ["--n-train", "48", "--n-val", "16", "--calib-samples", "16"]
@@ -204,7 +208,38 @@ def test_distillation_data_comes_from_the_full_precision_teacher(tmp_path: Path)
     train(TrainConfig(model="sana", out=tmp_path, tiny=True, schedule="constant:4", steps=1, n_train=8, n_val=4,
                       calib_samples=4), show_progress=False)
     adapter = get_adapter("sana")
-    expected = adapter.distill_data(adapter.load(None, tiny=True, seed=0), None, n_train=8, n_val=4, seed=0)
+    fp = adapter.load(None, tiny=True, seed=0)
+    expected = adapter.distill_data(fp, None, n_train=8, n_val=0, seed=0)
+    heldout, description = heldout_rows(adapter, fp, None, 4, seed=0)
     cached = load_file(str(tmp_path / "train" / "data.safetensors"))
     assert all(torch.equal(cached[f"train.{k}"], v) for k, v in expected.train.items())
-    assert all(torch.equal(cached[f"val.{k}"], v) for k, v in expected.val.items())
+    assert all(torch.equal(cached[f"val.{k}"], v) for k, v in heldout.items())
+    # validation rows are held out: other prompts, other noise; none of them is a training row
+    train_x, val_x = cached["train.hidden_states"].flatten(1), cached["val.hidden_states"].flatten(1)
+    assert torch.cdist(val_x, train_x).min() > 0
+    assert not set(HELDOUT_PROMPTS) & set(DEFAULT_PROMPTS)
+    manifest = json.loads((tmp_path / "run.json").read_text())["stages"]["train"]
+    assert "held-out prompts" in manifest["data"] and manifest["validation_rows"] == 4
+
+
+def test_learned_encodings_train_and_are_saved_as_trained(tmp_path: Path):
+    from fraqat_deploy.quant import quant_layers
+    from fraqat_deploy.train.load import load_trained
+
+    train(TrainConfig(model="sana", out=tmp_path, tiny=True, schedule="constant:4", steps=3, n_train=8, n_val=4,
+                      calib_samples=4, calibration="learned", lr=1e-2), show_progress=False)
+    state = json.loads((tmp_path / "train" / "quant_state.json").read_text())
+    layer = next(iter(state["layers"].values()))
+    assert set(layer["learned"]) == {"act", "out"}
+    consistent = [e for v in state["layers"].values() for k, e in v["learned"].items()
+             if abs(math.exp(e["log_scale"]) - v[k]["scale"]) / v[k]["scale"] < 1e-6]
+    assert len(consistent) == 2 * len(state["layers"])  # the exported scale is the learned one
+    trained = load_trained(tmp_path)
+    static = copy.deepcopy(trained.student)
+    for m in quant_layers(static).values():
+        m.learned = {}  # what export sees: the static encodings alone
+    batch = load_file(str(tmp_path / "train" / "data.safetensors"))
+    rows = {k[len("val."):]: v for k, v in batch.items() if k.startswith("val.")}
+    adapter = trained.adapter
+    with torch.no_grad():
+        assert torch.equal(adapter.forward(trained.student, rows), adapter.forward(static, rows))

@@ -13,7 +13,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fraqat_deploy.quant.activation import ActivationEncoding, RangeObserver, fake_quant_activation
+from fraqat_deploy.quant.activation import (
+    ActivationEncoding,
+    LearnedEncoding,
+    RangeObserver,
+    fake_quant_activation,
+)
 from fraqat_deploy.quant.grid import Granularity, Range, check_bits, fake_quant_weight, quantize_weight
 
 Mode = Literal["fp", "observe", "quant", "frozen", "export"]
@@ -42,6 +47,10 @@ class QuantMixin:
         self.out_observer = RangeObserver()
         self.mode = "quant"
         self.frozen: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        # trainable encodings ("act" / "out") under --calibration learned; a plain dict, so that they stay out of
+        # the state_dict (whose keys remain the full-precision model's); synced into act/out_encoding by
+        # ``sync_encodings``
+        self.learned: dict[str, LearnedEncoding] = {}
 
     def set_weight_bits(self, bits: float) -> None:
         if self.mode == "frozen":
@@ -54,6 +63,8 @@ class QuantMixin:
             return x
         if self.mode in ("fp", "export") or self.act_encoding is None:
             return x
+        if "act" in self.learned:
+            return self.learned["act"](x)
         return fake_quant_activation(x, self.act_encoding)
 
     def quantized_output(self, y: torch.Tensor) -> torch.Tensor:
@@ -62,7 +73,16 @@ class QuantMixin:
             return y
         if self.mode in ("fp", "export") or self.out_encoding is None:
             return y
+        if "out" in self.learned:
+            return self.learned["out"](y)
         return fake_quant_activation(y, self.out_encoding)
+
+    def sync_encodings(self) -> None:
+        """Write the learned encodings' current (exported) form into ``act_encoding`` / ``out_encoding``."""
+        if "act" in self.learned:
+            self.act_encoding = self.learned["act"].encoding()
+        if "out" in self.learned:
+            self.out_encoding = self.learned["out"].encoding()
 
     def quantized_weight(self) -> torch.Tensor:
         if self.mode in ("fp", "export"):  # "export": the weight already holds W_b, see export_form()
@@ -93,6 +113,8 @@ class QuantMixin:
         (export inserts the Q/DQ nodes with the same encodings)."""
         if self.frozen is None:
             self.freeze()
+        self.sync_encodings()
+        self.learned = {}
         q, scale, offset = self.frozen  # type: ignore[misc]
         self.weight = nn.Parameter((q * scale + offset).to(self.weight.dtype), requires_grad=False)
         self.mode = "export"

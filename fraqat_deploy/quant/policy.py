@@ -14,7 +14,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from fraqat_deploy.quant.activation import CALIBRATIONS, ActivationEncoding, Calibration
+from fraqat_deploy.quant.activation import (
+    CALIBRATIONS,
+    DEFAULT_CALIBRATION,
+    ActivationEncoding,
+    Calibration,
+    LearnedEncoding,
+)
 from fraqat_deploy.quant.grid import Granularity, Range, check_bits
 from fraqat_deploy.quant.modules import QuantConv2d, QuantLinear, QuantMixin, is_quant_layer
 
@@ -47,7 +53,7 @@ class QuantPolicy:
     granularity: Granularity = "tensor"  # the paper is per-tensor; "channel" is our extension
     act_bits: int = 8
     act16: tuple[str, ...] = ()  # patterns of layers whose input activations stay at 16 bits (the last layer)
-    calibration: Calibration = "meanstd"
+    calibration: Calibration = DEFAULT_CALIBRATION
     start_bits: float = 8.0
 
     def __post_init__(self) -> None:
@@ -143,7 +149,7 @@ def calibrate(
     ``run`` performs the calibration forwards (for example over N samples); weights are fake-quantized at their
     current bits meanwhile, as in training.
     """
-    method = method or (policy.calibration if policy else "meanstd")
+    method = method or (policy.calibration if policy else DEFAULT_CALIBRATION)
     layers = quant_layers(model)
     for m in layers.values():
         m.observer.__init__()  # type: ignore[misc]
@@ -160,8 +166,35 @@ def calibrate(
             raise ValueError(f"layer '{name}' saw no calibration data: is it used by the forward pass?")
         m.act_encoding = m.observer.encoding(method, m.act_bits)
         m.out_encoding = m.out_observer.encoding(method, m.act_bits)
+        if method == "learned":  # trained from here on, starting at the calibrated ranges
+            for key, enc in (("act", m.act_encoding), ("out", m.out_encoding)):
+                if key in m.learned:
+                    m.learned[key].reset(enc)
+                else:
+                    m.learned[key] = LearnedEncoding(enc).to(m.weight.device)
         encodings[name] = m.act_encoding
+        m.observer.__init__()  # type: ignore[misc]  # release the samples
+        m.out_observer.__init__()  # type: ignore[misc]
     return encodings
+
+
+def learned_parameters(model: nn.Module) -> list[torch.nn.Parameter]:
+    """The trainable scales and zero points of learned activation encodings, in a fixed order."""
+    return [p for m in quant_layers(model).values() for key in ("act", "out") if key in m.learned
+            for p in (m.learned[key].log_scale, m.learned[key].zero_point)]
+
+
+@torch.no_grad()
+def clamp_learned(model: nn.Module) -> None:
+    for m in quant_layers(model).values():
+        for enc in m.learned.values():
+            enc.clamp_()
+
+
+def sync_encodings(model: nn.Module) -> None:
+    """Learned encodings -> the static ``act_encoding`` / ``out_encoding`` that ``quant_state`` and export read."""
+    for m in quant_layers(model).values():
+        m.sync_encodings()
 
 
 def freeze(model: nn.Module) -> None:
@@ -177,6 +210,7 @@ def quant_state(model: nn.Module, policy: QuantPolicy | None = None) -> dict[str
     """Per-layer bits, weight scales and offsets, activation encodings: everything export needs."""
     layers = {}
     for name, m in quant_layers(model).items():
+        m.sync_encodings()
         _, scale, offset = m.weight_codes()
         layers[name] = {
             "kind": "linear" if isinstance(m, nn.Linear) else "conv2d",
@@ -188,6 +222,9 @@ def quant_state(model: nn.Module, policy: QuantPolicy | None = None) -> dict[str
             "act": m.act_encoding.to_dict() if m.act_encoding else {"bits": m.act_bits, "scale": None},
             "out": m.out_encoding.to_dict() if m.out_encoding else {"bits": m.act_bits, "scale": None},
         }
+        if m.learned:  # the trainable values themselves, so that --resume continues them exactly
+            layers[name]["learned"] = {k: {"log_scale": float(e.log_scale), "zero_point": float(e.zero_point)}
+                                       for k, e in m.learned.items()}
     return {"format": STATE_FORMAT, "policy": policy.to_dict() if policy else None, "layers": layers}
 
 
@@ -206,3 +243,10 @@ def load_quant_state(model: nn.Module, state: dict[str, Any]) -> None:
         m.act_encoding = ActivationEncoding.from_dict(act) if act.get("scale") is not None else None
         out = entry["out"]
         m.out_encoding = ActivationEncoding.from_dict(out) if out.get("scale") is not None else None
+        m.learned = {}
+        for key, values in entry.get("learned", {}).items():
+            enc = LearnedEncoding(m.act_encoding if key == "act" else m.out_encoding)
+            with torch.no_grad():
+                enc.log_scale.fill_(values["log_scale"])
+                enc.zero_point.fill_(values["zero_point"])
+            m.learned[key] = enc.to(m.weight.device)

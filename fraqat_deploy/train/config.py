@@ -9,6 +9,7 @@ from typing import Any
 
 from fraqat_deploy.errors import ConfigError
 from fraqat_deploy.quant import BitSchedule, QuantPolicy, parse_schedule
+from fraqat_deploy.quant.activation import DEFAULT_CALIBRATION
 
 LOSSES = ("mse", "kl")
 OPTIMIZERS = ("adam", "adamw")
@@ -32,15 +33,18 @@ class TrainConfig:
     loss: str | None = None  # None: the adapter's default
     seed: int = 0
     n_train: int = 256
-    n_val: int = 64
-    calib_samples: int = 32
+    n_val: int = 256  # held-out validation rows (see train/heldout.py)
+    calib_samples: int = 100  # the paper's calibration sample count
     checkpoint_every: int = 25
     keep_checkpoints: int = 2
     eval_every: int = 0  # 0: validate only at stage boundaries
     trainable: str = "all"
     granularity: str = "tensor"
     weight_range: str = "narrow"
-    calibration: str = "meanstd"
+    calibration: str = DEFAULT_CALIBRATION
+    recalibrate_each_stage: bool = False
+    act_bits: int = 8  # 16: weights-only quantization (W4A16), a reference
+    val_at_stages: bool = True  # False: validate only before the first step and at the end (benchmarks)
     exclude: tuple[str, ...] = ()
     last_layer_a16: bool = True
     resume: bool = False
@@ -98,6 +102,7 @@ class TrainConfig:
                 granularity=self.granularity,  # type: ignore[arg-type]
                 act16=last_layer if self.last_layer_a16 else (),
                 calibration=self.calibration,  # type: ignore[arg-type]
+                act_bits=self.act_bits,
                 start_bits=self.bit_schedule.stages[0].bits,
             )
         except ValueError as e:

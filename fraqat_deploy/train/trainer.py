@@ -1,5 +1,10 @@
 """FraQAT training: distil a frozen full-precision teacher into a fractional-bit quantized student.
 
+Validation runs on held-out rows (``heldout.py``: prompts and noise seeds, or text files, that training never
+sees) at every stage boundary and at the end; the teacher's outputs on them are computed once.
+Activation encodings come from ``--calibration`` over ``--calib-samples`` training rows before the first step
+(again at each stage start with ``--recalibrate-each-stage``); ``learned`` trains them with the weights.
+
 Layout written under ``<run>/train/``: ``metrics.jsonl`` (one line per step and per validation),
 ``quant_state.json``, ``model.safetensors`` (final weights), ``data.safetensors`` (the distillation inputs,
 cached), ``checkpoints/step-N/``. ``--resume`` continues from the newest checkpoint and, on the CPU, ends
@@ -29,6 +34,8 @@ from fraqat_deploy.errors import ConfigError, InputError
 from fraqat_deploy.models import DistillData, LoadedModel, ModelAdapter, get_adapter
 from fraqat_deploy.quant import (
     calibrate,
+    clamp_learned,
+    learned_parameters,
     load_quant_state,
     prepare,
     quant_layers,
@@ -40,7 +47,13 @@ from fraqat_deploy.runs import RunDir, write_json_atomic
 from fraqat_deploy.train import checkpoint as ckpt
 from fraqat_deploy.train.config import TrainConfig
 from fraqat_deploy.train.distributed import Distributed
+from fraqat_deploy.train.heldout import heldout_rows
 from fraqat_deploy.ui import console, progress
+
+#: learned activation encodings train at this multiple of --lr (log-scale and zero-point steps, see LearnedEncoding)
+ENCODING_LR_FACTOR = 10.0
+#: validation batches (no gradients: larger batches, less overhead)
+VAL_BATCH = 64
 
 
 @dataclass
@@ -100,18 +113,31 @@ class Trainer:
         return self.adapter.load(self.cfg.source, tiny=self.cfg.tiny, seed=self.cfg.seed)
 
     def _data(self, model: LoadedModel) -> DistillData:
+        """Training rows and validation rows: held-out ones where the model has a held-out source, else split
+        from the training source. ``description`` says which (recorded in run.json)."""
         cache = self.dir / "data.safetensors"
         key = json.dumps({"data": str(self.cfg.data), "n_train": self.cfg.n_train, "n_val": self.cfg.n_val,
-                          "seed": self.cfg.seed, "spec": model.spec}, sort_keys=True)
+                          "seed": self.cfg.seed, "spec": model.spec, "val": "heldout-1"}, sort_keys=True)
         if cache.is_file():
             meta_path = cache.with_suffix(".json")
             if meta_path.is_file() and meta_path.read_text() == key:
                 t = load_file(str(cache))
                 split = lambda p: {k[len(p):]: v for k, v in t.items() if k.startswith(p)}  # noqa: E731
-                return DistillData(split("train."), split("val."))
-        data = self.adapter.distill_data(model, self.cfg.data, n_train=self.cfg.n_train, n_val=self.cfg.n_val,
-                                         seed=self.cfg.seed)
+                desc_path = cache.with_name("data-description.txt")
+                return DistillData(split("train."), split("val."),
+                                   desc_path.read_text() if desc_path.is_file() else "")
+        heldout = heldout_rows(self.adapter, model, self.cfg.data, self.cfg.n_val, self.cfg.seed)
+        if heldout is not None:
+            data = self.adapter.distill_data(model, self.cfg.data, n_train=self.cfg.n_train, n_val=0,
+                                             seed=self.cfg.seed)
+            data = DistillData(data.train, heldout[0], f"train: {data.description}; validation: {heldout[1]}")
+        else:
+            data = self.adapter.distill_data(model, self.cfg.data, n_train=self.cfg.n_train, n_val=self.cfg.n_val,
+                                             seed=self.cfg.seed)
+            data = DistillData(data.train, data.val, f"train: {data.description}; validation: {self.cfg.n_val} "
+                               "rows split from the same source (no held-out source for this model and data)")
         if self.dist.is_main:
+            cache.with_name("data-description.txt").write_text(data.description)
             flat = {f"train.{k}": v.contiguous() for k, v in data.train.items()}
             flat |= {f"val.{k}": v.contiguous() for k, v in data.val.items()}
             save_file(flat, str(cache))
@@ -130,18 +156,33 @@ class Trainer:
 
     # ---- evaluation --------------------------------------------------------------------------------------
     @torch.no_grad()
-    def validate(self, student: nn.Module, teacher: nn.Module, val: dict[str, torch.Tensor]) -> float:
+    def validate(self, student: nn.Module, teacher: nn.Module, val: dict[str, torch.Tensor],
+                 targets: list[torch.Tensor] | None = None) -> float:
+        """Mean distillation loss over ``val``; ``targets`` are the teacher's outputs per batch, if computed."""
         student.eval()
         total, n = 0.0, 0
-        for batch in _batches(val, self.cfg.batch_size):
+        for i, batch in enumerate(_batches(val, max(self.cfg.batch_size, VAL_BATCH))):
             batch = _to(batch, self.device)
             with self._autocast():
-                loss = distill_loss(self.adapter.forward(student, batch), self.adapter.forward(teacher, batch),
-                                    self.loss_kind)
+                target = targets[i].to(self.device) if targets else self.adapter.forward(teacher, batch)
+                loss = distill_loss(self.adapter.forward(student, batch), target, self.loss_kind)
             rows = DistillData.rows(batch)
             total, n = total + float(loss) * rows, n + rows
         student.train()
         return total / max(n, 1)
+
+    @torch.no_grad()
+    def teacher_targets(self, teacher: nn.Module, val: dict[str, torch.Tensor]) -> list[torch.Tensor] | None:
+        """The teacher's outputs on the validation rows, once (None when they would take over ~256 MB)."""
+        targets, size = [], 0
+        for batch in _batches(val, max(self.cfg.batch_size, VAL_BATCH)):
+            with self._autocast():
+                out = self.adapter.forward(teacher, _to(batch, self.device)).cpu()
+            size += out.numel() * out.element_size()
+            if size > 256 << 20:
+                return None
+            targets.append(out)
+        return targets
 
     def _autocast(self):
         return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
@@ -173,14 +214,39 @@ class Trainer:
                                   policy=policy.to_dict(), quantized_layers=len(prepared.layers),
                                   trainable_parameters=n_trainable)
 
+        calib = {k: v[: cfg.calib_samples] for k, v in data.train.items()}
+
+        def run_calibration(bits: float) -> None:
+            """(Re)set the static activation encodings with the student at ``bits``."""
+            set_weight_bits(student, bits)
+
+            def forwards() -> None:
+                for b in _batches(calib, cfg.batch_size):
+                    self.adapter.forward(student, _to(b, self.device))
+
+            calibrate(student, forwards, policy.calibration)
+
+        if not (latest and cfg.resume):
+            # once before the first step, with the student at its first bit-width (learned: the starting point)
+            run_calibration(self.schedule.stages[0].bits)
+        else:
+            load_quant_state(student, json.loads((latest[-1] / "quant_state.json").read_text()))
+        if self.dist.is_main:
+            self.run.update_stage("train", "running", data=data.description, validation_rows=DistillData.rows(
+                data.val), calibration={"method": policy.calibration, "samples": DistillData.rows(calib),
+                                        "each_stage": cfg.recalibrate_each_stage})
+
         steps_per_epoch = max(1, n_train // (cfg.batch_size * cfg.grad_accum))
         total = cfg.steps or max(len(self.schedule.stages), round(self.schedule.total_duration * steps_per_epoch))
         if not self.schedule.trains:
             total = 0
         bounds = self.schedule.boundaries(total) if total else []
         params = [p for p in student.parameters() if p.requires_grad]
+        encoding_params = learned_parameters(student)  # --calibration learned: scales and zero points
         opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-        optimizer = opt_cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        groups = [{"params": params}] + ([{"params": encoding_params, "weight_decay": 0.0,
+                                           "lr": cfg.lr * ENCODING_LR_FACTOR}] if encoding_params else [])
+        optimizer = opt_cls(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
         gen = torch.Generator().manual_seed(cfg.seed)
         perm, pos, step = torch.randperm(n_train, generator=gen), 0, 0
         stage_val: list[dict[str, Any]] = []
@@ -189,7 +255,6 @@ class Trainer:
         if latest and cfg.resume:
             state = ckpt.load_trainer_state(latest[-1])
             ckpt.load_weights(student, latest[-1] / "model.safetensors")
-            load_quant_state(student, json.loads((latest[-1] / "quant_state.json").read_text()))
             optimizer.load_state_dict(state["optimizer"])
             gen.set_state(state["generator"])
             perm, pos, step, stage_val = state["perm"], state["pos"], state["step"], state["stage_val"]
@@ -200,19 +265,9 @@ class Trainer:
             self._truncate_metrics(metrics_path, step)
             if self.dist.is_main:
                 console.print(f"resuming {cfg.out} at step {step}/{total}")
-        else:
-            if self.dist.is_main:  # another rank unlinking would orphan the file rank 0 appends to
-                metrics_path.unlink(missing_ok=True)
-            # calibrate the static activation encodings once, with the student at its first bit-width
-            first_bits = self.schedule.stages[0].bits
-            set_weight_bits(student, first_bits)
-            calib = {k: v[: cfg.calib_samples] for k, v in data.train.items()}
-
-            def run_calibration() -> None:
-                for b in _batches(calib, cfg.batch_size):
-                    self.adapter.forward(student, _to(b, self.device))
-
-            calibrate(student, run_calibration, policy.calibration)
+        elif self.dist.is_main:  # another rank unlinking would orphan the file rank 0 appends to
+            metrics_path.unlink(missing_ok=True)
+        val_targets = self.teacher_targets(teacher, data.val)
 
         metrics = open(metrics_path, "a") if self.dist.is_main else None
         ddp_student = self.dist.wrap(student)
@@ -224,7 +279,15 @@ class Trainer:
                 metrics.flush()
 
         def val_event(when: str, stage_index: int, bits: float) -> float:
-            loss = self.dist.mean(self.validate(student, teacher, data.val))
+            if not cfg.val_at_stages and not (when == "stage_start" and stage_index == 0) and not (
+                    when == "stage_end" and stage_index == max(len(bounds) - 1, 0)):
+                loss = float("nan")  # not measured: only the first start and the last end are
+                if when == "stage_start":
+                    stage_val.append({"stage": stage_index, "bits": bits, "start": loss})
+                elif when == "stage_end":
+                    stage_val[-1]["end"] = loss
+                return loss
+            loss = self.dist.mean(self.validate(student, teacher, data.val, val_targets))
             log({"event": "val", "when": when, "step": step, "stage": stage_index, "bits": bits, "val_loss": loss})
             if when == "stage_start":
                 stage_val.append({"stage": stage_index, "bits": bits, "start": loss})
@@ -236,6 +299,8 @@ class Trainer:
                 disable=not self.show_progress) as bar:
             task = bar.add_task(f"FraQAT {self.schedule.name}", total=total, completed=step, info="")
             if not self.schedule.trains:  # PTQ: round at the final bits, recalibrate, no step
+                if self.schedule.stages[0].bits != self.schedule.final_bits:
+                    run_calibration(self.schedule.final_bits)
                 set_weight_bits(student, self.schedule.final_bits)
                 val_event("stage_start", 0, self.schedule.final_bits)
                 val_event("stage_end", 0, self.schedule.final_bits)
@@ -244,6 +309,8 @@ class Trainer:
                 start, end, bits = bounds[si]
                 set_weight_bits(student, bits)
                 if step == start:
+                    if cfg.recalibrate_each_stage and si > 0:
+                        run_calibration(bits)
                     val_event("stage_start", si, bits)
                 optimizer.zero_grad(set_to_none=True)
                 step_loss = 0.0
@@ -261,7 +328,13 @@ class Trainer:
                     step_loss += float(loss.detach()) / cfg.grad_accum
                 if not math.isfinite(step_loss):
                     raise ConfigError(f"the loss became {step_loss} at step {step}", "lower --lr")
+                if encoding_params and self.dist.enabled:  # outside DDP: average their gradients by hand
+                    for p in encoding_params:
+                        if p.grad is not None:
+                            torch.distributed.all_reduce(p.grad)
+                            p.grad /= self.dist.world_size
                 optimizer.step()
+                clamp_learned(student)
                 step += 1
                 step_loss = self.dist.mean(step_loss)
                 log({"event": "train", "step": step, "stage": si, "bits": bits, "loss": step_loss,
