@@ -285,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods-4x", nargs="+", choices=list(METHODS), help="methods at the larger budgets")
     parser.add_argument("--calibration", default="mse", choices=CALIBRATIONS)
     parser.add_argument("--per-digit", type=int, default=50, help="end-task images per digit (x10 per run)")
+    parser.add_argument("--n-train", type=int, default=256, help="distillation rows per run")
+    parser.add_argument("--n-val", type=int, default=256, help="held-out validation rows (and tiny-Gemma's text rows)")
     parser.add_argument("--no-end-task", action="store_true", help="held-out validation loss only")
     parser.add_argument("--resume", action="store_true", help="skip the runs already in the output JSON")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
@@ -295,7 +297,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # tiny models: threads only add overhead, and runs stay reproducible
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    setting = Setting(steps=args.steps, per_digit=args.per_digit, calibration=args.calibration)
+    setting = Setting(steps=args.steps, per_digit=args.per_digit, calibration=args.calibration,
+                      n_train=args.n_train, n_val=args.n_val, text_rows=args.n_val,
+                      calib_samples=min(100, args.n_train))
     name = args.name or ("calibration" if args.study == "calibration" else "schedules")
     group = "calibration" if args.study == "calibration" else "method"
     json_path, md_path = args.out / f"{name}.json", args.out / f"{name}.md"

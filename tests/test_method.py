@@ -37,13 +37,20 @@ def test_fraqat_w4a8_digits_keeps_prompt_accuracy(tmp_path: Path):
 
 
 def test_schedule_benchmark_smoke(tmp_path: Path):
-    cmd = [sys.executable, "benchmarks/schedules.py", "--quick", "--seeds", "1", "--steps", "9", "--models",
-           "digits", "tiny-gemma", "--methods", "ptq", "fractional", "--out", str(tmp_path)]
+    cmd = [sys.executable, "benchmarks/schedules.py", "--seeds", "2", "--steps", "9", "--budgets", "1", "--models",
+           "digits", "tiny-gemma", "--methods", "vQAT W4A8", "FraQAT W4A8", "--per-digit", "1", "--n-train", "16",
+           "--n-val", "8", "--out", str(tmp_path), "--name", "smoke"]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).parents[1])
     assert done.returncode == 0, done.stderr[-2000:]
-    report = json.loads((tmp_path / "schedules-quick.json").read_text())
-    assert set(report["summary"]) == {"digits", "tiny-gemma"}
-    assert set(report["summary"]["digits"]) == {"PTQ W4A8", "FraQAT (fractional)"}
-    assert 0.0 <= report["summary"]["digits"]["PTQ W4A8"]["prompt_accuracy"]["mean"] <= 1.0
-    assert report["summary"]["tiny-gemma"]["FraQAT (fractional)"]["perplexity"]["mean"] > 1.0
-    assert "| FraQAT (fractional) |" in (tmp_path / "schedules-quick.md").read_text()
+    report = json.loads((tmp_path / "smoke.json").read_text())
+    assert report["finished_runs"] == report["planned_runs"] == 8
+    digits = report["summary"]["digits"]["9"]
+    assert set(digits) == {"vQAT W4A8", "FraQAT W4A8"}
+    assert digits["FraQAT W4A8"]["seeds"] == [0, 1]
+    acc = digits["FraQAT W4A8"]["prompt_accuracy"]
+    assert 0.0 <= acc["mean"] <= 1.0 and acc["n"] == 2
+    diff = digits["FraQAT W4A8"]["vs_baseline"]["val_loss"]
+    assert diff["lo"] <= diff["mean"] <= diff["hi"] and diff["verdict"] in ("resolved", "not resolved")
+    assert report["summary"]["tiny-gemma"]["9"]["FraQAT W4A8"]["perplexity"]["mean"] > 1.0
+    table = (tmp_path / "smoke.md").read_text()
+    assert "| FraQAT W4A8 | 2 |" in table and "8 of 8 planned runs finished" in table
