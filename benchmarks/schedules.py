@@ -65,7 +65,7 @@ class Setting:
     text_rows: int = 256
     lr: float = 1e-4
     batch_size: int = 8
-    calibration: str = "mse"
+    calibration: str = "minmax"
     calib_samples: int = 100
 
 
@@ -283,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", nargs="+", default=["digits", "tiny-gemma"], choices=["digits", "tiny-gemma"])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--methods-4x", nargs="+", choices=list(METHODS), help="methods at the larger budgets")
-    parser.add_argument("--calibration", default="mse", choices=CALIBRATIONS)
+    parser.add_argument("--calibration", default="minmax", choices=CALIBRATIONS)
     parser.add_argument("--per-digit", type=int, default=50, help="end-task images per digit (x10 per run)")
     parser.add_argument("--n-train", type=int, default=256, help="distillation rows per run")
     parser.add_argument("--n-val", type=int, default=256, help="held-out validation rows (and tiny-Gemma's text rows)")

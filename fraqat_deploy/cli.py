@@ -166,9 +166,9 @@ def train(
     n_val: Annotated[int, typer.Option(help="Held-out validation rows (prompts/noise or files never trained on).")
                      ] = 256,
     calib_samples: Annotated[int, typer.Option(help="Training rows for activation calibration.")] = 100,
-    calibration: Annotated[str, typer.Option(help="Activation ranges: mse (default, least quantization error), "
-                                             "minmax, percentile, meanstd (the paper), learned (LSQ+, trained).")
-                           ] = "mse",
+    calibration: Annotated[str, typer.Option(help="Activation ranges: minmax (default), mse (least quantization "
+                                             "error), percentile, meanstd (the paper), learned (LSQ+, trained).")
+                           ] = "minmax",
     recalibrate_each_stage: Annotated[bool, typer.Option(
         help="Recalibrate the activation ranges at each schedule stage's start.")] = False,
     granularity: Annotated[str, typer.Option(help="Weight scales per 'tensor' (the paper) or 'channel'.")] = "tensor",

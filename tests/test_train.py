@@ -114,6 +114,8 @@ def test_config_errors(tmp_path: Path):
     assert not (tmp_path / "x").exists()
     with pytest.raises(ConfigError, match="adam, adamw"):
         TrainConfig(model="sana", out=Path("x"), tiny=True, optimizer="sgd")
+    with pytest.raises(ConfigError, match="mse, minmax, percentile, meanstd, learned"):
+        TrainConfig(model="sana", out=Path("x"), tiny=True, calibration="tf-enhanced")
     with pytest.raises(ConfigError, match="unknown model 'flux'"):
         train(TrainConfig(model="flux", out=Path("x"), tiny=True))
 

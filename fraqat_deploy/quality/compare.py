@@ -49,6 +49,7 @@ from fraqat_deploy.models.gemma import GemmaAdapter
 from fraqat_deploy.quality import digits as digits_metrics
 from fraqat_deploy.quality.digits import CLASSIFIER_CONFIG, DigitClassifier, digit_of_prompt, digit_prompts
 from fraqat_deploy.quality.images import load_png, psnr, save_png, ssim, to_uint8, unit
+from fraqat_deploy.quality.intervals import bootstrap, wilson
 from fraqat_deploy.quality.learned import LearnedMetrics, LearnedWeights
 from fraqat_deploy.quality.sources import (
     DeviceResult,
@@ -277,8 +278,17 @@ class ImageComparison:
         scored = [(d, p) for d, p in zip(wanted, predicted, strict=True) if d is not None]
         out: dict[str, Any] = {"prompt_accuracy": mean([float(d == p) for d, p in scored]),
                                "digit_prompts": len(scored)}
+        if scored:  # 95% Wilson interval: with the quick start's few images it is wide, and says so
+            w = wilson(sum(d == p for d, p in scored), len(scored))
+            out["prompt_accuracy_interval"] = [w["lo"], w["hi"]]
         if refs is not None:
             out["digits_fd"] = digits_metrics.fd_between(images, refs, self.classifier) if len(images) >= 2 else None
+            if len(images) >= 4:  # paired bootstrap over the images (same prompt and noise on both sides)
+                fa = digits_metrics.features(images, self.classifier)
+                fb = digits_metrics.features(refs, self.classifier)
+                b = bootstrap(lambda idx: digits_metrics.frechet_distance(fa[idx], fb[idx]), len(images),
+                              resamples=100)
+                out["digits_fd_interval"] = [b["lo"], b["hi"]]
         return out
 
     def _set_distances(self, images: torch.Tensor, refs: torch.Tensor) -> dict[str, Any]:

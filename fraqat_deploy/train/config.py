@@ -9,7 +9,7 @@ from typing import Any
 
 from fraqat_deploy.errors import ConfigError
 from fraqat_deploy.quant import BitSchedule, QuantPolicy, parse_schedule
-from fraqat_deploy.quant.activation import DEFAULT_CALIBRATION
+from fraqat_deploy.quant.activation import CALIBRATIONS, DEFAULT_CALIBRATION
 
 LOSSES = ("mse", "kl")
 OPTIMIZERS = ("adam", "adamw")
@@ -76,6 +76,10 @@ class TrainConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
         if self.eval_every < 0:
             raise ConfigError("--eval-every must be >= 0 (0: validate at stage boundaries only)")
+        if self.calibration not in CALIBRATIONS:
+            raise ConfigError(f"unknown calibration '{self.calibration}'", f"use one of: {', '.join(CALIBRATIONS)}")
+        if self.act_bits not in (8, 16):
+            raise ConfigError(f"activation bits must be 8 or 16, not {self.act_bits}")
         schedule = self.bit_schedule  # validate now, not at the first step
         if self.steps is not None and schedule.trains and self.steps < len(schedule.stages):
             raise ConfigError(
