@@ -292,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--name", help="output file stem (default: schedules / calibration)")
     parser.add_argument("--data-cache", type=Path, help="keep the generated distillation data here, per seed")
+    parser.add_argument("--publish-only", action="store_true",
+                        help="run nothing: write the tables from --resume / --include results as they are")
     parser.add_argument("--include", type=Path, nargs="+", default=[],
                         help="result JSON files of other workers whose runs join these tables")
     args = parser.parse_args(argv)
@@ -327,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         md_path.write_text(text + f"\n{len(rows)} of {len(plan(args))} planned runs finished.\n")
 
     with tempfile.TemporaryDirectory(prefix="fraqat-bench-") as tmp:
-        for spec in todo:
+        for spec in [] if args.publish_only else todo:
             metrics = run_one(spec["model"], spec["method"], spec["steps"], spec["seed"], setting, Path(tmp),
                               fp_cache, calibration=spec["calibration"], end_task=not args.no_end_task,
                               data_cache=args.data_cache)
