@@ -205,8 +205,9 @@ def _diff(d: dict | None) -> str:
 
 
 def markdown(summary_: dict, setting: Setting, command: str, group: str = "method") -> str:
+    calibration = f"`{setting.calibration}`" if group == "method" else "as in each row"
     lines = [f"Base budget {setting.steps} steps (batch {setting.batch_size}, lr {setting.lr:g}, "
-             f"{setting.n_train} training rows, calibration `{setting.calibration}` over {setting.calib_samples} "
+             f"{setting.n_train} training rows, calibration {calibration} over {setting.calib_samples} "
              f"rows); held-out validation on {setting.n_val} rows. Cells: mean ± std [95% t interval] over the seeds "
              f"that ran; Δ: paired difference to {BASELINE if group == 'method' else 'mse'} (same seeds) with its "
              f"95% interval. Reproduce: `{command}`.", ""]
