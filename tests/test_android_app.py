@@ -41,17 +41,20 @@ def test_catalog_aliases_are_flat_and_the_build_uses_existing_accessors():
     assert 'from(files("../fraqat_deploy/device/app_versions.toml"))' in (APP / "settings.gradle.kts").read_text()
     versions = {_accessor(a) for a in catalog["versions"]}
     plugins = {_accessor(a) for a in catalog["plugins"]}
+    libraries = {_accessor(a) for a in catalog["libraries"]}
     for script in APP.rglob("*.gradle.kts"):
         text = script.read_text()
         for used in re.findall(r"libs\.versions\.([A-Za-z0-9.]+?)(?:\.get\(\)|\))", text):
             assert used in versions, f"{script.name}: libs.versions.{used} is not in the catalog"
         for used in re.findall(r"libs\.plugins\.([A-Za-z0-9.]+)\)", text):
             assert used in plugins, f"{script.name}: libs.plugins.{used} is not in the catalog"
+        for used in re.findall(r"\(libs\.(?!versions\.|plugins\.)([A-Za-z0-9.]+)\)", text):
+            assert used in libraries, f"{script.name}: libs.{used} is not in the catalog"
     # one Kotlin compiler and one desktop ONNX Runtime Java version for the app's compile check and the core's tests
     core_script = (APP / "core" / "build-and-test.sh").read_text()
     for variable, entry in (("KOTLIN_VERSION", "kotlin"), ("ORT_JAVA_VERSION", "onnxruntime-jvm")):
-        pinned = re.search(rf"^{variable}=(\S+)", core_script, re.M)
-        assert pinned is None or pinned.group(1) == catalog["versions"][entry], (variable, entry)
+        assigned = re.search(rf"^{variable}=(.+)$", core_script, re.M)
+        assert assigned and assigned.group(1) == f'"$(version {entry})"', (variable, entry)
 
 
 def test_the_cli_reads_the_matrix_and_warns_on_a_qnn_mismatch():

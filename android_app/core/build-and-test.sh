@@ -5,18 +5,24 @@
 #   android_app/core/build-and-test.sh [--out DIR] [--only NAME]   compile if needed, run the tests
 #   android_app/core/build-and-test.sh --classpath                 compile if needed, print the runtime classpath
 #
-# The Kotlin compiler comes from the npm registry (package kotlin-compiler, pinned below) and is installed once into
+# Versions come from the app's version matrix, fraqat_deploy/device/app_versions.toml (`kotlin`, `onnxruntime-jvm`).
+# The Kotlin compiler comes from the npm registry (package kotlin-compiler) and is installed once into
 # $FRAQAT_KOTLIN_HOME (default ~/.cache/fraqat-kotlin). The desktop ONNX Runtime Java package
-# (com.microsoft.onnxruntime:onnxruntime, pinned below: the newest on Maven Central, whose plugin-EP API the
+# (com.microsoft.onnxruntime:onnxruntime: the newest on Maven Central, whose plugin-EP API the
 # onnxruntime-qnn 2.7.0 QNN plugin accepts) comes from Maven Central with `mvn dependency:get`, once, into ~/.m2.
 # Needs a JDK (17+) and, for the first run, npm and mvn.
 # Exits non-zero when a tool cannot be installed, the code does not compile, or any test fails.
 set -euo pipefail
 
-KOTLIN_VERSION=2.4.20
-ORT_JAVA_VERSION=1.29.0
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
+matrix="$repo/fraqat_deploy/device/app_versions.toml"
+version() {  # a [versions] entry of the matrix
+    sed -n "s/^$1 *= *\"\([^\"]*\)\".*/\1/p" "$matrix" | head -n1
+}
+KOTLIN_VERSION="$(version kotlin)"
+ORT_JAVA_VERSION="$(version onnxruntime-jvm)"
+[[ -n "$KOTLIN_VERSION" && -n "$ORT_JAVA_VERSION" ]] || { echo "$matrix lacks kotlin / onnxruntime-jvm versions" >&2; exit 2; }
 cache="${FRAQAT_KOTLIN_HOME:-$HOME/.cache/fraqat-kotlin}"
 kotlinc="$cache/node_modules/kotlin-compiler/bin/kotlinc"
 build="$here/build/jvm"

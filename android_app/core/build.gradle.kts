@@ -22,9 +22,9 @@ kotlin {
 dependencies {
     // The ONNX Runtime Java API OrtBackend is written against. On the phone the app's onnxruntime-android provides
     // the same `ai.onnxruntime` classes; on the host (tests, HostEngine) the desktop package with its natives.
-    // Same version as ORT_JAVA_VERSION in build-and-test.sh.
-    compileOnly("com.microsoft.onnxruntime:onnxruntime:1.29.0")
-    testImplementation("com.microsoft.onnxruntime:onnxruntime:1.29.0")
+    // Version: `onnxruntime-jvm` in the matrix (fraqat_deploy/device/app_versions.toml), as build-and-test.sh.
+    compileOnly(libs.onnxruntime.jvm)
+    testImplementation(libs.onnxruntime.jvm)
 }
 
 // the host entry point (dev.fraqat.deploy.host.HostEngine) runs the core on the HTP simulator: not part of the app
