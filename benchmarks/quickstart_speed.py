@@ -117,7 +117,10 @@ def table(results: list[dict]) -> str:
     for r in results:
         cond = "machine as is" if r["mode"] == "idle" else "+ one CPU-heavy process"
         if r.get("stopped_after_timeout"):
-            when = f"stopped at {r['minutes']:.1f} (training {r.get('training_reached') or 'not started'})"
+            stages = re.search(r"quick start: (\d+)/(\d+)", r.get("last_progress_line") or "")
+            how_far = f"{stages.group(1)} of {stages.group(2)} stages done" if stages else \
+                f"training at {r.get('training_reached') or 'its start'}"
+            when = f"stopped at {r['minutes']:.1f} ({how_far})"
         else:
             when = f"{r['minutes']:.1f}{'' if r['exit_code'] == 0 else ' (FAILED)'}"
         rows.append(f"| {cond} | {when} | "
@@ -133,7 +136,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: the quick start's)")
     parser.add_argument("--timeout-min", type=float, default=None,
                         help="stop a run after this long and report how far it got (its last progress line)")
+    parser.add_argument("--render", action="store_true", help="only rewrite the table from the saved JSON")
     args = parser.parse_args()
+    if args.render:
+        saved = json.loads((RESULTS / "quickstart_speed.json").read_text())["results"]
+        (RESULTS / "quickstart_speed.md").write_text(table(saved))
+        print(table(saved))
+        return
     modes = ["idle", "loaded"] if args.mode == "both" else [args.mode]
     results = []
     for mode in modes:
