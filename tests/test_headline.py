@@ -81,3 +81,11 @@ def test_compile_with_no_run_quantizes_the_default_model(tmp_path: Path, monkeyp
     assert "(PTQ) into runs/digits-ptq" in result.output and "fraqat-deploy train digits" in result.output
     stages = json.loads((tmp_path / "runs" / "digits-ptq" / "run.json").read_text())["stages"]
     assert stages["train"]["schedule"] == "ptq" and stages["compile/s25u"]["status"] == "done"
+
+
+def test_export_without_a_trained_run_says_how_to_make_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["export", "digits"])
+    lines = [x for x in result.output.splitlines() if x.strip()]
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    assert "no trained digits run under runs/" in lines[0] and "fraqat-deploy train digits" in lines[0]
