@@ -303,8 +303,9 @@ def _ptq_run(model: str, source: Optional[str], tiny: bool, out_dir: Path) -> Pa
     from fraqat_deploy.train import train as run_training
 
     if not (out_dir / "train" / "model.safetensors").is_file():
-        run_training(TrainConfig(model=model, out=out_dir, source=source, tiny=tiny, schedule="ptq", n_train=64,
-                                 n_val=16, calib_samples=32), show_progress=False)
+        run_training(TrainConfig(model=model, out=out_dir, source=source, tiny=tiny, schedule="ptq", n_train=100,
+                                 n_val=16, calib_samples=100),  # the paper's 100 calibration samples
+                     show_progress=False)
     if not (out_dir / "export" / "export.json").is_file():
         export_run(out_dir, model)
     return out_dir
