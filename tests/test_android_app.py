@@ -54,7 +54,7 @@ def test_catalog_aliases_are_flat_and_the_build_uses_existing_accessors():
     core_script = (APP / "core" / "build-and-test.sh").read_text()
     for variable, entry in (("KOTLIN_VERSION", "kotlin"), ("ORT_JAVA_VERSION", "onnxruntime-jvm")):
         assigned = re.search(rf"^{variable}=(.+)$", core_script, re.M)
-        assert assigned and assigned.group(1) == f'"$(version {entry})"', (variable, entry)
+        assert assigned and assigned.group(1) == f'"$(matrix_version {entry})"', (variable, entry)
 
 
 def test_the_cli_reads_the_matrix_and_warns_on_a_qnn_mismatch():

@@ -6,6 +6,7 @@ import errno
 from pathlib import Path
 
 import pytest
+from cli_checks import one_line_error
 from typer.testing import CliRunner
 
 from fraqat_deploy import cli
@@ -14,18 +15,10 @@ from fraqat_deploy.cli import app
 runner = CliRunner()
 
 
-def _one_line_error(result) -> str:
-    assert result.exit_code != 0
-    assert "Traceback" not in result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Fix: " in lines[0], result.output
-    return lines[0]
-
-
 def test_an_unwritable_output_folder_is_one_line(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    line = _one_line_error(runner.invoke(app, ["generate", "sana", "--tiny", "--prompt", "x",
+    line = one_line_error(runner.invoke(app, ["generate", "sana", "--tiny", "--prompt", "x",
                                                "--out", str(blocker / "img.png")]))
     assert str(blocker) in line and "check the path" in line
 
@@ -43,7 +36,7 @@ def test_a_missing_apk_is_reported_before_looking_for_a_phone(tmp_path: Path, mo
         raise AssertionError("looked for a phone although the APK is missing")
 
     monkeypatch.setattr(adb, "select_device", no_phone_lookup)
-    line = _one_line_error(runner.invoke(app, ["app", "install", "--apk", str(tmp_path / "app.apk")]))
+    line = one_line_error(runner.invoke(app, ["app", "install", "--apk", str(tmp_path / "app.apk")]))
     assert "no APK at" in line and "assembleDebug" in line
 
 

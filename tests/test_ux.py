@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from cli_checks import one_line_error
 from typer.testing import CliRunner
 
 from fraqat_deploy import threads, ui
@@ -16,7 +17,8 @@ runner = CliRunner()
 
 # ---- threads -------------------------------------------------------------------------------------------------
 
-def test_threads_leave_busy_cores_alone() -> None:
+def test_threads_leave_busy_cores_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(threads.ENV, raising=False)  # an earlier in-process CLI call exports its choice
     assert threads.choose(cores=2, load=0.1).threads == 2  # idle: every physical core
     assert threads.choose(cores=2, load=1.2).threads == 1  # another process keeps a core busy: no oversubscription
     assert threads.choose(cores=2, load=7.0).threads == 1  # never below one
@@ -124,14 +126,6 @@ def test_train_from_the_cli_prints_progress_lines(tmp_path: Path, monkeypatch: p
 
 # ---- runs that stay consistent -------------------------------------------------------------------------------
 
-def _one_line_error(result) -> str:
-    assert result.exit_code != 0
-    assert "Traceback" not in result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Fix: " in lines[0], result.output
-    return lines[0]
-
-
 def test_a_second_writer_of_a_stage_is_refused(tmp_path: Path) -> None:
     import os
 
@@ -139,7 +133,7 @@ def test_a_second_writer_of_a_stage_is_refused(tmp_path: Path) -> None:
 
     out = tmp_path / "run"
     with RunDir(out).lock("train"):
-        line = _one_line_error(runner.invoke(app, ["train", "digits", "--out", str(out), "--steps", "9"]))
+        line = one_line_error(runner.invoke(app, ["train", "digits", "--out", str(out), "--steps", "9"]))
     assert f"process {os.getpid()}" in line and "busy" in line and "another --out" in line
     assert not (out / "train").exists() and not (out / "run.json").exists()  # the second writer wrote nothing
     with RunDir(out).lock("train"):  # released: the next writer gets it
@@ -170,7 +164,7 @@ def test_a_failed_training_is_recorded_as_failed(tmp_path: Path, one_torch_threa
     out = tmp_path / "run"
     result = runner.invoke(app, ["train", "digits", "--out", str(out), "--steps", "9", "--lr", "1e30",
                                  "--n-train", "16", "--n-val", "8", "--calib-samples", "8"])
-    line = _one_line_error(result) if result.exit_code else pytest.skip("the loss stayed finite at lr 1e30")
+    line = one_line_error(result) if result.exit_code else pytest.skip("the loss stayed finite at lr 1e30")
     entry = json.loads((out / "run.json").read_text())["stages"]["train"]
     assert entry["status"] == "failed" and entry["reason"] in line
 
@@ -216,7 +210,7 @@ def test_train_checks_options_before_any_work(tmp_path: Path, args: list[str], w
 
     out = tmp_path / "run"
     started = time.perf_counter()
-    line = _one_line_error(runner.invoke(app, ["train", "digits", "--out", str(out), *args]))
+    line = one_line_error(runner.invoke(app, ["train", "digits", "--out", str(out), *args]))
     assert words in line and time.perf_counter() - started < 30  # no data generation first (it takes minutes)
     assert not out.exists()
 
@@ -243,7 +237,7 @@ def test_the_ctrl_c_hint_names_what_resumes(command: str, monkeypatch: pytest.Mo
 
 def test_bench_of_a_missing_run_creates_nothing(tmp_path: Path) -> None:
     nope = tmp_path / "nope"
-    line = _one_line_error(runner.invoke(app, ["bench", "digits", "--run", str(nope), "--device", "sim"]))
+    line = one_line_error(runner.invoke(app, ["bench", "digits", "--run", str(nope), "--device", "sim"]))
     assert "no run at" in line and not nope.exists()
 
 
@@ -252,7 +246,7 @@ def test_a_refused_bench_leaves_no_folders(compiled_digits: Path, tmp_path: Path
 
     run = tmp_path / "run"
     shutil.copytree(compiled_digits, run, ignore=shutil.ignore_patterns("bench"))
-    line = _one_line_error(runner.invoke(app, ["bench", "digits", "--run", str(run), "--device", "sim",
+    line = one_line_error(runner.invoke(app, ["bench", "digits", "--run", str(run), "--device", "sim",
                                                "--target", "s23u", "--prompt", "x"]))
     assert "compile" in line and not (run / "bench").exists()
 
@@ -263,7 +257,7 @@ def test_a_run_json_of_the_wrong_shape_is_damaged(tmp_path: Path, text: str) -> 
     run = tmp_path / "run"
     run.mkdir()
     (run / "run.json").write_text(text)
-    line = _one_line_error(runner.invoke(app, ["compare", "--run", str(run)]))
+    line = one_line_error(runner.invoke(app, ["compare", "--run", str(run)]))
     assert "run.json is damaged" in line and "train again" in line
 
 

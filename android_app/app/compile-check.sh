@@ -24,7 +24,6 @@ set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
-matrix="$repo/fraqat_deploy/device/app_versions.toml"
 out="$here/build/compile-check"
 app_src="$here/src/main/java"
 run_tests=0
@@ -39,42 +38,18 @@ while [[ $# -gt 0 ]]; do
     esac
 done
 
-version() {  # a [versions] entry of the matrix
-    sed -n "s/^$1 *= *\"\([^\"]*\)\".*/\1/p" "$matrix" | head -n1
-}
-KOTLIN_VERSION="$(version kotlin)"
-ORT_VERSION="$(version onnxruntime-jvm)"
-ANDROID_ALL_VERSION="$(version android-all)"
+# shellcheck source=../jvm-tools.sh
+source "$here/../jvm-tools.sh"
+KOTLIN_VERSION="$(matrix_version kotlin)"
+ORT_VERSION="$(matrix_version onnxruntime-jvm)"
+ANDROID_ALL_VERSION="$(matrix_version android-all)"
 [[ -n "$KOTLIN_VERSION" && -n "$ORT_VERSION" && -n "$ANDROID_ALL_VERSION" ]] || {
     echo "$matrix lacks kotlin / onnxruntime-jvm / android-all versions" >&2; exit 2; }
 
-command -v java >/dev/null || { echo "java not found: install a JDK (17 or newer)" >&2; exit 2; }
-m2="${FRAQAT_MAVEN_REPO:-$HOME/.m2/repository}"
-
-maven_jar() {  # group artifact version -> path of the jar in the local repository, fetched once
-    local group="$1" artifact="$2" ver="$3"
-    local jar="$m2/${group//.//}/$artifact/$ver/$artifact-$ver.jar"
-    if [[ ! -f "$jar" ]]; then
-        command -v mvn >/dev/null || { echo "mvn not found: it fetches $group:$artifact:$ver from Maven Central" >&2; exit 2; }
-        echo "fetching $group:$artifact:$ver from Maven Central" >&2
-        mvn -q -B dependency:get -Dartifact="$group:$artifact:$ver" -Dtransitive=false "-Dmaven.repo.local=$m2" >&2 \
-            || { echo "cannot fetch $group:$artifact:$ver from Maven Central" >&2; exit 2; }
-    fi
-    echo "$jar"
-}
 android_all="$(maven_jar org.robolectric android-all "$ANDROID_ALL_VERSION")"
 ort="$(maven_jar com.microsoft.onnxruntime onnxruntime "$ORT_VERSION")"
 
-cache="${FRAQAT_KOTLIN_HOME:-$HOME/.cache/fraqat-kotlin}"
-kotlin_home="$cache/node_modules/kotlin-compiler"
-kotlinc="$kotlin_home/bin/kotlinc"
-installed="$(sed -n 's/.*"version": *"\([^"]*\)".*/\1/p' "$kotlin_home/package.json" 2>/dev/null | head -n1)"
-if [[ ! -x "$kotlinc" || "$installed" != "$KOTLIN_VERSION" ]]; then
-    command -v npm >/dev/null || { echo "npm not found: it installs the Kotlin compiler (kotlin-compiler@$KOTLIN_VERSION)" >&2; exit 2; }
-    echo "installing kotlin-compiler@$KOTLIN_VERSION into $cache" >&2
-    mkdir -p "$cache"
-    npm install --prefix "$cache" --no-audit --no-fund --loglevel=error "kotlin-compiler@$KOTLIN_VERSION" >&2
-fi
+ensure_kotlinc "$KOTLIN_VERSION"
 
 classpath="$android_all:$ort"
 if [[ -n "$against" ]]; then

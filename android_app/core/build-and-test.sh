@@ -16,38 +16,15 @@ set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
-matrix="$repo/fraqat_deploy/device/app_versions.toml"
-version() {  # a [versions] entry of the matrix
-    sed -n "s/^$1 *= *\"\([^\"]*\)\".*/\1/p" "$matrix" | head -n1
-}
-KOTLIN_VERSION="$(version kotlin)"
-ORT_JAVA_VERSION="$(version onnxruntime-jvm)"
+# shellcheck source=../jvm-tools.sh
+source "$here/../jvm-tools.sh"
+KOTLIN_VERSION="$(matrix_version kotlin)"
+ORT_JAVA_VERSION="$(matrix_version onnxruntime-jvm)"
 [[ -n "$KOTLIN_VERSION" && -n "$ORT_JAVA_VERSION" ]] || { echo "$matrix lacks kotlin / onnxruntime-jvm versions" >&2; exit 2; }
-cache="${FRAQAT_KOTLIN_HOME:-$HOME/.cache/fraqat-kotlin}"
-kotlinc="$cache/node_modules/kotlin-compiler/bin/kotlinc"
 build="$here/build/jvm"
 jar="$build/core-tests.jar"
-
-command -v java >/dev/null || { echo "java not found: install a JDK (17 or newer)" >&2; exit 2; }
-
-installed_version() {
-    sed -n 's/.*"version": *"\([^"]*\)".*/\1/p' "$cache/node_modules/kotlin-compiler/package.json" 2>/dev/null | head -n1
-}
-if [[ ! -x "$kotlinc" || "$(installed_version)" != "$KOTLIN_VERSION" ]]; then
-    command -v npm >/dev/null || { echo "npm not found: it installs the Kotlin compiler (kotlin-compiler@$KOTLIN_VERSION)" >&2; exit 2; }
-    echo "installing kotlin-compiler@$KOTLIN_VERSION into $cache" >&2
-    mkdir -p "$cache"
-    npm install --prefix "$cache" --no-audit --no-fund --loglevel=error "kotlin-compiler@$KOTLIN_VERSION" >&2
-fi
-
-m2="${MAVEN_REPO_LOCAL:-$HOME/.m2/repository}"
-ort_jar="$m2/com/microsoft/onnxruntime/onnxruntime/$ORT_JAVA_VERSION/onnxruntime-$ORT_JAVA_VERSION.jar"
-if [[ ! -f "$ort_jar" ]]; then
-    command -v mvn >/dev/null || { echo "mvn not found: it fetches com.microsoft.onnxruntime:onnxruntime:$ORT_JAVA_VERSION from Maven Central" >&2; exit 2; }
-    echo "fetching com.microsoft.onnxruntime:onnxruntime:$ORT_JAVA_VERSION from Maven Central" >&2
-    mvn -q -B dependency:get "-Dmaven.repo.local=$m2" "-Dartifact=com.microsoft.onnxruntime:onnxruntime:$ORT_JAVA_VERSION" -Dtransitive=false >&2
-    [[ -f "$ort_jar" ]] || { echo "mvn did not leave $ort_jar" >&2; exit 2; }
-fi
+ensure_kotlinc "$KOTLIN_VERSION"
+ort_jar="$(maven_jar com.microsoft.onnxruntime onnxruntime "$ORT_JAVA_VERSION")"
 
 mapfile -t sources < <(find "$here/src/main/kotlin" "$here/src/host/kotlin" "$here/src/test/kotlin" -name '*.kt' | sort)
 stale=1
