@@ -77,8 +77,18 @@ def _bench(run: Path, bar) -> None:
     from fraqat_deploy.bench import bench
     from fraqat_deploy.device.link import SimulatorLink
 
-    bench(run, SimulatorLink(run / "bench" / "sim" / ".device", target=TARGET), prompts=BENCH_PROMPTS, runs=2,
-          warmup=1)
+    task = bar.add_task("bench", total=None, info="HTP simulator")
+
+    def on_event(kind: str, data: dict) -> None:  # the engine's status.json: a progress line in logs too
+        if kind == "status":
+            bar.update(task, total=data.get("total") or None, completed=data.get("done", 0),
+                       info=data.get("message", ""))
+
+    try:
+        bench(run, SimulatorLink(run / "bench" / "sim" / ".device", target=TARGET), prompts=BENCH_PROMPTS, runs=2,
+              warmup=1, on_event=on_event)
+    finally:
+        bar.update(task, visible=False)
 
 
 def _compare(run: Path, bar) -> None:

@@ -354,3 +354,22 @@ def test_nothing_points_outside_the_repository() -> None:
            and f.name != "test_ux.py"]
     assert not bad, bad
     assert (root / "docs" / "design.md").is_file() and (root / "docs" / "htp-notes.md").is_file()
+
+
+def test_the_quick_starts_bench_stage_prints_progress_lines(monkeypatch: pytest.MonkeyPatch, capsys,
+                                                             tmp_path: Path) -> None:
+    """The bench stage (about 2 min on the simulator) reports the engine's status.json, not minutes of silence."""
+    import fraqat_deploy.bench as bench_module
+    from fraqat_deploy import quickstart
+
+    def fake_bench(run, link, *, on_event=None, **kwargs):
+        for done in range(4):
+            on_event("status", {"state": "running", "done": done, "total": 3, "message": f"run {done}"})
+
+    monkeypatch.setattr(bench_module, "bench", fake_bench)
+    monkeypatch.setattr(ui, "LOG_PERIOD_S", 0.0)
+    monkeypatch.setitem(ui._settings, "log_progress", True)
+    with ui.progress() as bar:
+        quickstart._bench(tmp_path, bar)
+    err = capsys.readouterr().err
+    assert "bench" in err and "3/3 (100%)" in err and "run 2" in err
