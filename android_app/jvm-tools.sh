@@ -22,7 +22,8 @@ ensure_kotlinc() {
     kotlin_home="$cache/node_modules/kotlin-compiler"
     kotlinc="$kotlin_home/bin/kotlinc"
     local installed
-    installed="$(sed -n 's/.*"version": *"\([^"]*\)".*/\1/p' "$kotlin_home/package.json" 2>/dev/null | head -n1)"
+    # no package.json yet (a fresh machine) is "not installed", not an error under set -e / pipefail
+    installed="$(sed -n 's/.*"version": *"\([^"]*\)".*/\1/p' "$kotlin_home/package.json" 2>/dev/null | head -n1 || true)"
     if [[ ! -x "$kotlinc" || "$installed" != "$want" ]]; then
         command -v npm >/dev/null || { echo "npm not found: it installs the Kotlin compiler (kotlin-compiler@$want)" >&2; exit 2; }
         echo "installing kotlin-compiler@$want into $cache" >&2
