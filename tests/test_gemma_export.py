@@ -188,7 +188,10 @@ def test_compile_for_s25u_all_on_the_htp_and_greedy_on_the_simulator(run: Path):
     parity = json.loads((out / "htp_parity.json").read_text())["components"]
     for name, record in parity.items():
         assert record["passed"], (name, record["outputs"])
-        assert record["outputs"]["logits"]["rel"] < 0.02, name
+        # HTP vs CPU Q/DQ: requantization rounding flips single steps; with min/max activation ranges (the default
+        # since issue 13, wider than mean ± 3 std) a flipped step is larger, measured 2.4% (prefill) and 3.6%
+        # (decode) on the logits. The greedy tokens below must still be identical.
+        assert record["outputs"]["logits"]["rel"] < 0.05, name
 
     # the host loop drives ONNX Runtime sessions as it drives the torch graphs: CPU Q/DQ and the simulated HTP
     info = json.loads((run / "export" / "export.json").read_text())["components"]["decode"]["info"]
