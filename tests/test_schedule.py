@@ -78,5 +78,7 @@ def test_too_few_steps_for_the_schedule_is_a_one_line_cli_error(tmp_path):
 
     result = CliRunner().invoke(app, ["train", "digits", "--schedule", "fractional", "--steps", "8", "--out",
                                       str(tmp_path / "r")])
-    assert result.exit_code == 2 and "needs at least 9 steps" in result.output
+    assert result.exit_code == 2 and "has 9 stages, more than --steps 8" in result.output
+    assert "Fix: give --steps 9 or more" in result.output and len(result.output.strip().splitlines()) == 1
     assert "Traceback" not in result.output
+    assert not (tmp_path / "r").exists()  # refused before any work: nothing written
