@@ -91,6 +91,8 @@ def _stage_guard(run: Path, stage: str):
     from fraqat_deploy.runs import RunDir
 
     rd = RunDir(run)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return contextlib.nullcontext()  # under torchrun the ranks are one writer: rank 0 holds the lock
     return rd.guard(stage) if stage == "train" or rd.exists() else contextlib.nullcontext()
 
 
