@@ -102,12 +102,7 @@ def save_model(model: onnx.ModelProto, path: str | Path, *, check: bool = False,
         # written while it was built (its data file is already beside ``path``): only the graph is saved
         onnx.save(model, str(path))
         if check:
-            try:
-                onnx.checker.check_model(str(path))
-            except onnx.checker.ValidationError:
-                path.unlink(missing_ok=True)
-                data.unlink(missing_ok=True)
-                raise
+            _check_saved(path, data)
         return
     data.unlink(missing_ok=True)  # onnx appends to an existing data file; a stale one would also be misleading
     if not needs_external_data(model):
@@ -120,12 +115,17 @@ def save_model(model: onnx.ModelProto, path: str | Path, *, check: bool = False,
     if keep:
         load_external_data_for_model(model, str(path.parent))  # onnx.save moved the tensors out of ``model``
     if check:
-        try:
-            onnx.checker.check_model(str(path))
-        except onnx.checker.ValidationError:
-            path.unlink(missing_ok=True)
-            data.unlink(missing_ok=True)
-            raise
+        _check_saved(path, data)
+
+
+def _check_saved(path: Path, data: Path) -> None:
+    """``onnx.checker`` on a model saved with external data; an invalid one is removed (graph and data file)."""
+    try:
+        onnx.checker.check_model(str(path))
+    except onnx.checker.ValidationError:
+        path.unlink(missing_ok=True)
+        data.unlink(missing_ok=True)
+        raise
 
 
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
