@@ -1,6 +1,6 @@
 // Plain Kotlin/JVM, no Android dependency: the protocol, the sampler, the tokenizers, the benchmark engine and the
 // ONNX Runtime session code (OrtBackend, over the ONNX Runtime Java API).
-// `./gradlew :core:check` runs the same test program as core/build-and-test.sh (which CI uses, without Gradle).
+// `./gradlew :core:test` runs the same JUnit tests as core/build-and-test.sh (which CI uses, without Gradle).
 import org.jetbrains.kotlin.gradle.dsl.JvmTarget
 
 plugins {
@@ -25,19 +25,18 @@ dependencies {
     // Version: `onnxruntime-jvm` in the matrix (fraqat_deploy/device/app_versions.toml), as build-and-test.sh.
     compileOnly(libs.onnxruntime.jvm)
     testImplementation(libs.onnxruntime.jvm)
+    // org.json: Android's framework has it (the app must not bundle a second copy), the JVM takes it from Maven Central
+    compileOnly(libs.org.json)
+    testImplementation(libs.org.json)
+    testImplementation(platform(libs.junit.bom))
+    testImplementation("org.junit.jupiter:junit-jupiter")
+    testRuntimeOnly("org.junit.platform:junit-platform-launcher")
 }
 
 // the host entry point (dev.fraqat.deploy.host.HostEngine) runs the core on the HTP simulator: not part of the app
 kotlin.sourceSets["test"].kotlin.srcDir("src/host/kotlin")
 
-val coreTests by tasks.registering(JavaExec::class) {
-    description = "Runs the core's tests against the repository's golden protocol files."
-    group = "verification"
-    classpath = sourceSets["test"].runtimeClasspath
-    mainClass.set("dev.fraqat.deploy.core.test.RunnerKt")
-    args("--repo", rootDir.resolve("..").absolutePath)
+tasks.test {
+    useJUnitPlatform()
+    systemProperty("fraqat.repo", rootDir.resolve("..").absolutePath)
 }
-
-// The tests are a plain program (no JUnit offline), so Gradle's own test task has nothing to discover.
-tasks.named("test") { enabled = false }
-tasks.named("check") { dependsOn(coreTests) }

@@ -1,5 +1,6 @@
 package dev.fraqat.deploy.core
 
+import org.json.JSONException
 import java.io.File
 import java.io.IOException
 
@@ -138,7 +139,7 @@ class BenchmarkEngine(
         if (!requestFile.isFile) throw BenchError(ErrorKind.INVALID_REQUEST, "no request at $requestFile")
         val data = try {
             Json.parse(requestFile.readText())
-        } catch (e: JsonException) {
+        } catch (e: JSONException) {
             throw BenchError(ErrorKind.INVALID_REQUEST, "request.json is not JSON: ${e.message}")
         }
         try {
@@ -146,7 +147,7 @@ class BenchmarkEngine(
             return Request.fromJson(asObject(data, "request.json"))
         } catch (e: ProtocolException) {
             throw BenchError(ErrorKind.INVALID_REQUEST, e.message ?: "invalid request")
-        } catch (e: JsonException) {
+        } catch (e: JSONException) {
             throw BenchError(ErrorKind.INVALID_REQUEST, "request.json: ${e.message}")
         }
     }

@@ -1,5 +1,7 @@
 package dev.fraqat.deploy.core
 
+import org.json.JSONException
+
 /**
  * Gemma-2 greedy decoding over a prefill and a decode graph with a host-side KV cache, as
  * `fraqat_deploy/models/gemma_graphs.py` (`greedy_decode`, driven by `device/pipeline.py` `gemma_generate`) does.
@@ -29,7 +31,7 @@ data class GemmaSpec(
                 o.int("context"), o.int("prompt_length"), o.int("layers"), o.int("kv_heads"), o.int("head_dim"),
                 o.intOrNull("sliding_window"), o.longOrNull("pad_id") ?: 0L,
             )
-        } catch (e: JsonException) {
+        } catch (e: JSONException) {
             throw BenchError(ErrorKind.INVALID_REQUEST, "pipeline.spec: ${e.message}")
         }
 

@@ -1,5 +1,6 @@
 package dev.fraqat.deploy.core
 
+import org.json.JSONException
 import java.io.File
 
 /**
@@ -32,7 +33,7 @@ enum class ErrorKind(val json: String) {
     ;
 
     companion object {
-        fun of(json: String) = entries.firstOrNull { it.json == json } ?: throw JsonException("unknown error kind '$json'")
+        fun of(json: String) = entries.firstOrNull { it.json == json } ?: throw JSONException("unknown error kind '$json'")
     }
 }
 
@@ -83,7 +84,7 @@ enum class DType(val json: String, val bytes: Int) {
     ;
 
     companion object {
-        fun of(json: String) = entries.firstOrNull { it.json == json } ?: throw JsonException("unknown dtype '$json'")
+        fun of(json: String) = entries.firstOrNull { it.json == json } ?: throw JSONException("unknown dtype '$json'")
     }
 }
 

@@ -26,6 +26,8 @@ import dev.fraqat.deploy.core.TensorInfo
 import dev.fraqat.deploy.core.Timed
 import dev.fraqat.deploy.core.TorchNoise
 import dev.fraqat.deploy.core.asObject
+import org.junit.jupiter.api.Assertions.assertTrue
+import org.junit.jupiter.api.assertThrows
 import java.io.File
 
 private val PHONE = DeviceInfo("samsung", "SM-S938B", "SM8750", 35, "htp", "2.51.0.260929181845", "1.31.1")
@@ -42,7 +44,7 @@ private class ToyBackend(
     var closed = 0
 
     override fun open(component: String, ctxOnnx: File, request: Request): ComponentSession {
-        check(ctxOnnx.isFile) { "the engine opened $ctxOnnx, which is not there" }
+        assertTrue(ctxOnnx.isFile) { "the engine opened $ctxOnnx, which is not there" }
         failOpen?.let { throw it }
         opened.add(component)
         return object : ComponentSession {
@@ -123,16 +125,16 @@ fun engineTests(s: Suite) {
         val path = BenchmarkEngine(files, requestFile, backend, schemas, probe).run()
         assertEquals(File(requestFile.parentFile, "result.json"), path, "result path")
         val result = result(path, "ok")
-        check(result.ok) { "the toy run failed: ${result.error}" }
+        assertTrue(result.ok) { "the toy run failed: ${result.error}" }
         val steps = (example("pipeline")["pipeline"] as Map<*, *>)["steps"] as Number
         assertEquals(mapOf("text_encoder" to 4, "transformer" to 2 * steps.toInt(), "vae_decoder" to 2), result.timings.components.mapValues { it.value.n }, "calls per component (warm-up left out)")
         assertEquals(2, result.timings.endToEnd!!.n, "end-to-end runs")
-        check(result.timings.init!! >= 0 && result.timings.firstInference!! > 0) { "init and first inference are timed" }
+        assertTrue(result.timings.init!! >= 0 && result.timings.firstInference!! > 0) { "init and first inference are timed" }
         assertEquals(listOf(2, 2), result.config.resolution, "resolution")
         assertEquals(listOf("text_encoder", "transformer", "vae_decoder"), backend.opened, "every component opened once")
         assertEquals(3, backend.closed, "every session closed")
         assertEquals(1, result.thermalBefore, "thermal before")
-        check(result.memory.peakPss!! >= 101.0 && result.memory.peakRss == 150.0) { "peak memory over the samples: ${result.memory}" }
+        assertTrue(result.memory.peakPss!! >= 101.0 && result.memory.peakRss == 150.0) { "peak memory over the samples: ${result.memory}" }
         assertEquals("images/0.png", result.outputs.single().image, "image output")
         val status = asObject(Json.parse(File(requestFile.parentFile, "status.json").readText()), "status")
         schemas.validate("status", status)
@@ -143,8 +145,8 @@ fun engineTests(s: Suite) {
         keep("toy.png", png)
         val golden = example("pipeline")
         val want = FloatTensor((golden["image_shape"] as List<*>).map { (it as Number).toInt() }.toIntArray(), doubles(golden["image"]).map { it.toFloat() }.toFloatArray())
-        check(png.contentEquals(Png.encode(want))) { "the image differs from the golden toy image" }
-        check(requestFile.parentFile.listFiles()!!.none { it.name.endsWith(".tmp") }) { "no temporary file is left" }
+        assertTrue(png.contentEquals(Png.encode(want))) { "the image differs from the golden toy image" }
+        assertTrue(requestFile.parentFile.listFiles()!!.none { it.name.endsWith(".tmp") }) { "no temporary file is left" }
     }
 
     s.test("engine: a missing or changed model file ends in a model_missing result") {
@@ -166,7 +168,7 @@ fun engineTests(s: Suite) {
         val (files, requestFile) = stage("toy-v2") { it["schema_version"] = 2 }
         val v2 = result(BenchmarkEngine(files, requestFile, ToyBackend(), schemas).run(), "invalid_request")
         assertEquals(ErrorKind.INVALID_REQUEST, v2.error?.kind, "schema version 2")
-        check(v2.error!!.message.contains("schema_version")) { v2.error.message }
+        assertTrue(v2.error!!.message.contains("schema_version")) { v2.error.message }
 
         requestFile.writeText("{not json")
         val garbled = result(BenchmarkEngine(files, requestFile, ToyBackend(), schemas).run(), "not_json")
@@ -197,7 +199,7 @@ fun engineTests(s: Suite) {
             "htp_error",
         )
         assertEquals(ErrorKind.HTP_ERROR, mismatch.error?.kind, "htp error")
-        check(mismatch.error!!.message.contains("compiled with QNN 2.51.0.260929181845, this app runs QNN 2.49.0.123456789012")) {
+        assertTrue(mismatch.error!!.message.contains("compiled with QNN 2.51.0.260929181845, this app runs QNN 2.49.0.123456789012")) {
             "a QNN version mismatch is named: ${mismatch.error.message}"
         }
 
@@ -282,10 +284,10 @@ fun engineTests(s: Suite) {
         val spec = GemmaSpec.fromJson(asObject(golden["spec"], "spec"))
         val backend = ToyBackend(model = ToyGemma(spec, 16))
         val result = result(BenchmarkEngine(files, requestFile, backend, schemas).run(), "gemma")
-        check(result.ok) { "the Gemma toy run failed: ${result.error}" }
+        assertTrue(result.ok) { "the Gemma toy run failed: ${result.error}" }
         val output = result.outputs.single()
         assertEquals((case["tokens"] as List<*>).map { (it as Number).toLong() }, output.tokens, "tokens")
-        check(output.tokensPerSecond!! > 0) { "tokens per second" }
+        assertTrue(output.tokensPerSecond!! > 0) { "tokens per second" }
         assertEquals(2, result.timings.components.getValue("prefill").n, "one prefill per run")
         assertEquals(2 * (output.tokens!!.size - 1), result.timings.components.getValue("decode").n, "one decode per new token but the last")
     }

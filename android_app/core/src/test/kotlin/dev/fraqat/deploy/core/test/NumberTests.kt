@@ -7,6 +7,7 @@ import dev.fraqat.deploy.core.TimeProj
 import dev.fraqat.deploy.core.TorchNoise
 import dev.fraqat.deploy.core.asObject
 import dev.fraqat.deploy.core.summarize
+import org.junit.jupiter.api.assertThrows
 
 private fun Any?.obj() = asObject(this, "value")
 

@@ -1,12 +1,14 @@
 package dev.fraqat.deploy.core.test
 
 import dev.fraqat.deploy.core.Json
-import dev.fraqat.deploy.core.ProtocolException
 import dev.fraqat.deploy.core.Protocol
+import dev.fraqat.deploy.core.ProtocolException
 import dev.fraqat.deploy.core.Request
 import dev.fraqat.deploy.core.Result
 import dev.fraqat.deploy.core.State
 import dev.fraqat.deploy.core.Status
+import org.junit.jupiter.api.Assertions.assertTrue
+import org.junit.jupiter.api.assertThrows
 import java.io.File
 
 @Suppress("UNCHECKED_CAST")
@@ -35,7 +37,7 @@ fun protocolTests(s: Suite) {
     s.test("protocol: the schemas reject what the app must not accept") {
         fun rejects(message: String, data: Any?, path: String) {
             val e = assertThrows<ProtocolException>("$message at $path") { schemas.validate(message, data) }
-            check(e.message!!.contains("valid at $path:")) { "expected a violation at $path, got: ${e.message}" }
+            assertTrue(e.message!!.contains("valid at $path:")) { "expected a violation at $path, got: ${e.message}" }
         }
         val request = example("request")
         rejects("request", copy(request).m().apply { put("schema_version", 2) }, "schema_version")
@@ -80,8 +82,8 @@ fun protocolTests(s: Suite) {
             val golden = example(name)
             val result = Result.fromJson(golden)
             val again = result.toJson()
-            check(Json.equal(golden, again)) { "$name.json changed in the round trip:\n${Json.write(again)}" }
-            check(Json.equal(golden, Json.parse(Json.write(again)))) { "$name.json changed through text" }
+            assertTrue(Json.equal(golden, again)) { "$name.json changed in the round trip:\n${Json.write(again)}" }
+            assertTrue(Json.equal(golden, Json.parse(Json.write(again)))) { "$name.json changed through text" }
             schemas.validate("result", again)
         }
         assertEquals(false, Result.fromJson(example("result_error")).ok, "the error result is not ok")
@@ -96,7 +98,7 @@ fun protocolTests(s: Suite) {
         assertEquals("2.51.0.260929181845", request.qnnVersion, "qnn version")
         assertEquals(8, request.pipeline.steps, "steps")
         assertEquals(256, request.pipeline.timeProj.channels, "time_proj channels")
-        check(Json.equal(golden, request.toJson())) { "request.json changed in the round trip:\n${Json.write(request.toJson())}" }
+        assertTrue(Json.equal(golden, request.toJson())) { "request.json changed in the round trip:\n${Json.write(request.toJson())}" }
     }
 
     s.test("protocol: status messages follow the schema") {
