@@ -5,11 +5,15 @@
 inputs), ``parity.json`` and ``export.json``.
 
 Parity: every output of the Q/DQ model on ONNX Runtime's CPU provider against the PyTorch fake-quant model (the
-trained student plus the export rule's INT8 weights) on the same sample input. With ``s`` the step of an 8-bit
+trained student plus the export rule's INT8 weights, and its trained layers' biases rounded to the INT32 grid
+the graph stores them on; ``bias_rounding_out_steps`` in ``export.json`` records the largest such change) on the
+same sample input. With ``s`` the step of an 8-bit
 encoding of the reference output's range (activations are 8-bit throughout a W4A8 graph, so one rounding step
 of a trained tensor is the unit of disagreement), an output passes when its mean absolute error is at most
-``1 s`` and its largest at most ``4 s``. What remains is the uint16 rounding of untrained tensors, which can move
-a trained 8-bit tensor by one step where a value sits on a rounding boundary.
+``1 s`` and its largest at most ``4 s``. A uint16 tensor read by a trained 8-bit input is on a grid aligned with
+that encoding, so the requantization is exact (``qdq.aligned``); what remains is the uint16 rounding of untrained
+tensors, which moves the inputs of later ops and so can move a trained 8-bit tensor by one step where a value sits
+on a rounding boundary.
 
 In a deep chain of 8-bit tensors (a language model's layers) such a step moves the next 8-bit tensors, and the
 output moves by more than the fixed tolerance, on the reference alone: its *noise floor*, measured by running the
@@ -34,7 +38,13 @@ from torch.overrides import TorchFunctionMode
 from fraqat_deploy.compile.htp import cpu_session
 from fraqat_deploy.errors import ConfigError, InputError
 from fraqat_deploy.export.graph import OPSET, export_float
-from fraqat_deploy.export.qdq import FIXED_OUTPUTS, RULE, apply_rule_to_weights, build_qdq
+from fraqat_deploy.export.qdq import (
+    FIXED_OUTPUTS,
+    RULE,
+    apply_rule_to_trained_biases,
+    apply_rule_to_weights,
+    build_qdq,
+)
 from fraqat_deploy.models.base import Component
 from fraqat_deploy.models.htp_forms import htp_forms
 from fraqat_deploy.onnx_io import data_file, release_memory, return_big_blocks, save_model
@@ -178,6 +188,7 @@ def export_component(component: Component, out: Path, *, owned: bool = False) ->
     layers = quant_layers(module)
     for layer in layers.values():
         layer.export_form()
+    bias_rounding = apply_rule_to_trained_biases(layers)
     work = Component(component.name, module, component.input_names, component.output_names,
                      component.calibration, component.holds_student)
     float_path, qdq_path = out / f"{component.name}.float.onnx", out / f"{component.name}.onnx"
@@ -214,7 +225,8 @@ def export_component(component: Component, out: Path, *, owned: bool = False) ->
         "input_names": work.input_names, "output_names": work.output_names,
         "input_shapes": {n: list(t.shape) for n, t in zip(work.input_names, work.sample, strict=True)},
         "holds_student": component.holds_student, "info": component.info, "htp_forms": forms, "qdq": report.to_dict(),
-        "sha256": sha256_file(qdq_path), "parity": parity, "seconds": round(time.perf_counter() - started, 2),
+        "sha256": sha256_file(qdq_path), "parity": parity,
+        "bias_rounding_out_steps": bias_rounding, "seconds": round(time.perf_counter() - started, 2),
     }
 
 

@@ -4,15 +4,20 @@ Every float tensor gets one Q -> DQ pair after its producer (the QDQ format the 
 
 * a trained layer's weight: INT4 (or INT8 if it trained wider) with the trained scale(s), zero point 0; its
   input: a conversion to the trained encoding where the producer's differs; its output: the trained encoding;
+* a trained layer's bias: INT32 at its input scale x weight scale (the reference rounds it the same way,
+  ``apply_rule_to_trained_biases``);
 * ``RULE`` for everything the training did not quantize: other MatMul / Gemm / Conv weights INT8 per output
   channel, narrow range (the PyTorch reference applies the same, ``apply_rule_to_weights``); biases INT32 at
   input scale x weight scale; every other activation and constant uint16 over its calibrated min/max (softmax,
-  normalisation, the linear-attention normaliser, residual streams). An 8-bit tensor read by a 16-bit op is
+  normalisation, the linear-attention normaliser, residual streams); where such a tensor feeds a trained layer's
+  input, its 16-bit grid is aligned with that 8-bit encoding (``aligned``), so the conversion rounds exactly as
+  the trained encoding alone does. An 8-bit tensor read by a 16-bit op is
   widened exactly (scale / 257, zero point x 257); reshapes and transposes keep their input's encoding.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,11 +74,75 @@ def apply_rule_to_weights(module: nn.Module) -> dict[str, nn.Module]:
     return layers
 
 
+def apply_rule_to_trained_biases(layers: dict[str, nn.Module]) -> float:
+    """Round, in place, every trained layer's bias to the INT32 grid the graph stores it on (its input encoding's
+    scale x its weight scale, in float32, as ``_build`` computes it), so that the reference adds the bias the
+    graph adds. The float bias differs by at most half that grid's step, a few hundredths of the output's 8-bit
+    step, but that flips one output rounding in tens to hundreds (measured on the tiny Sana trained with
+    ``--calibration mse``: 1-4% of a layer's outputs), and a flipped modulation shift moves a whole channel
+    downstream. Returns the largest change, in 8-bit steps of the layer's output encoding."""
+    largest = 0.0
+    for layer in layers.values():
+        bias, enc = getattr(layer, "bias", None), getattr(layer, "act_encoding", None)
+        if bias is None or enc is None:
+            continue
+        _, scale, _ = layer.weight_codes()  # type: ignore[operator]
+        step = torch.tensor(np.float32(enc.scale)) * scale.detach().float().flatten()
+        with torch.no_grad():
+            rounded = (torch.round(bias.float() / step) * step).to(bias.dtype)
+            out = getattr(layer, "out_encoding", None)
+            if out is not None:
+                largest = max(largest, float((rounded.float() - bias.float()).abs().max()) / out.scale)
+            bias.copy_(rounded)
+    return largest
+
+
 def widened(enc: ActivationEncoding) -> ActivationEncoding:
     """The 16-bit encoding on which every value of an 8-bit one is exactly representable."""
     if enc.bits == 16:
         return enc
     return ActivationEncoding(16, float(np.float32(enc.scale) / np.float32(257)), enc.zero_point * 257)
+
+
+def aligned(lo: float, hi: float, target: ActivationEncoding) -> ActivationEncoding | None:
+    """The 16-bit encoding of a tensor observed over ``[lo, hi]`` that a trained input encoding ``target`` reads
+    exactly: its range covers ``[lo, hi]`` and ``target``'s, and its scale is ``target.scale / m`` for an odd
+    ``m`` (the largest that fits), with 0 on both grids. Every point of ``target``'s grid is then a point of this
+    one and each of ``target``'s rounding boundaries lies halfway between two of its points, so Q -> DQ on it
+    followed by the requantization to ``target`` rounds and clips every value as ``target`` alone does (an
+    unaligned grid moves values that sit within half a 16-bit step of an 8-bit boundary by one 8-bit step).
+    None when no such grid spans the range (the tensor's range is over 65535 steps of ``target``)."""
+    t_lo, t_hi = target.range
+    lo, hi = min(float(lo), t_lo, 0.0), max(float(hi), t_hi, 0.0)
+    scale = float(np.float32(target.scale))
+    m = int(65535 * scale / (hi - lo) * (1 + 1e-6))
+    m -= 1 - m % 2  # odd
+    while m >= 1:
+        step = float(np.float32(scale / m))
+        zero_point = max(math.ceil(-lo / step - 1e-3), 0)
+        if zero_point <= 65535 and (65535 - zero_point) * step >= hi - 1e-3 * step:
+            return ActivationEncoding(16, step, zero_point)
+        m -= 2
+    return None
+
+
+def trained_input_targets(g: onnx.GraphProto, by_node: dict[str, tuple[str, LayerNode]],
+                          trained_layers: dict[str, nn.Module]) -> dict[str, list[ActivationEncoding]]:
+    """Per float tensor, the trained input encodings that read it (through reshapes and transposes, which keep
+    their input's encoding), the most frequent first."""
+    counts: dict[str, dict[ActivationEncoding, int]] = {}
+    for node in reversed(g.node):
+        kind, ln = by_node.get(node.name, (None, None))
+        if kind == "trained" and node.input and node.input[0]:
+            enc = trained_layers[ln.layer].act_encoding  # type: ignore[union-attr]
+            if enc is not None:
+                c = counts.setdefault(node.input[0], {})
+                c[enc] = c.get(enc, 0) + 1
+        elif node.op_type in SHARED_ENCODING_OPS and node.input and node.output[0] in counts:
+            c = counts.setdefault(node.input[0], {})
+            for enc, n in counts[node.output[0]].items():
+                c[enc] = c.get(enc, 0) + n
+    return {t: sorted(c, key=lambda e: -c[e]) for t, c in counts.items()}
 
 
 def calibrate_ranges(model: onnx.ModelProto, input_names: list[str], calibration: list[tuple[torch.Tensor, ...]],
@@ -306,8 +375,15 @@ def _build(b: _Builder, model: onnx.ModelProto, trained_layers: dict[str, nn.Mod
            report_enc: dict[str, dict[str, Any]], weight_elements: int) -> tuple[onnx.ModelProto, QdqReport]:
     g = model.graph
 
+    targets = trained_input_targets(g, by_node, trained_layers)
+
     def range_encoding(tensor: str) -> ActivationEncoding:
+        """uint16 over the calibrated min/max; on a grid aligned with the trained input encoding it feeds."""
         lo, hi = ranges[tensor]
+        for target in targets.get(tensor, ()):
+            enc = aligned(lo, hi, target)
+            if enc is not None:
+                return enc
         return ActivationEncoding.from_range(lo, hi, bits=16)
 
     prod: dict[str, ActivationEncoding] = {}  # encoding each float activation is produced in
@@ -507,4 +583,5 @@ def trained_encodings_in_graph(model: onnx.ModelProto) -> int:
     return sum(1 for i in model.graph.initializer if i.data_type == TensorProto.INT4)
 
 
-__all__ = ["RULE", "QdqReport", "QuantMixin", "apply_rule_to_weights", "build_qdq", "calibrate_ranges", "widened"]
+__all__ = ["RULE", "QdqReport", "QuantMixin", "aligned", "apply_rule_to_trained_biases", "apply_rule_to_weights",
+           "build_qdq", "calibrate_ranges", "widened"]
