@@ -7,7 +7,9 @@ at small scale), on the embedded digits-Sana and tiny-Gemma, over several seeds,
 Every method trains the same student from the same full-precision model on the same distillation data (per seed)
 for the same number of steps; only the bit schedule differs (PTQ trains none). References: the FraQAT schedule
 with 16-bit activations (W4A16, weights-only quantization) and 8-bit weights with 8-bit activations (W8A8, vQAT at
-8 bits). Distillation loss: MSE on the velocity (digits-Sana), KL on the logits (tiny-Gemma).
+8 bits). "FraQAT W4A8 recal." is FraQAT W4A8 with ``--recalibrate-each-stage`` (the activation encodings
+recalibrated on the current student at every stage start). Distillation loss: MSE on the velocity (digits-Sana),
+KL on the logits (tiny-Gemma).
 
 Reported per model, budget and method over seeds: mean, sample std and the 95% t interval of
 - the held-out validation loss (256 rows the training never sees: other prompts and noise seeds, or held-out
@@ -49,7 +51,10 @@ METHODS: dict[str, tuple[str, int]] = {
     "FraQAT W4A8": ("fractional", 8),
     "FraQAT W4A16 (ref.)": ("fractional", 16),
     "vQAT W8A8 (ref.)": ("constant:8", 8),
+    "FraQAT W4A8 recal.": ("fractional", 8),
 }
+#: methods that recalibrate the activation encodings at every schedule stage start (``--recalibrate-each-stage``)
+RECALIBRATE = frozenset({"FraQAT W4A8 recal."})
 BASELINE = "vQAT W4A8"
 #: generation noise seeds for the end-task images: far from every training and held-out seed
 EVAL_SEED = 7_000_001
@@ -121,7 +126,8 @@ def run_one(model_name: str, method: str, steps: int, seed: int, setting: Settin
             data_cache: Path | None = None) -> dict:
     schedule, act_bits = METHODS[method]
     calibration = calibration or setting.calibration
-    out = workdir / f"{model_name}-{schedule.replace(':', '')}-a{act_bits}-{calibration}-{steps}-s{seed}"
+    recal = "-recal" if method in RECALIBRATE else ""
+    out = workdir / f"{model_name}-{schedule.replace(':', '')}-a{act_bits}{recal}-{calibration}-{steps}-s{seed}"
     if out.exists():
         shutil.rmtree(out)
     _seed_data(model_name, seed, out, data_cache or workdir / "data")
@@ -132,6 +138,7 @@ def run_one(model_name: str, method: str, steps: int, seed: int, setting: Settin
                                n_train=setting.n_train, n_val=setting.n_val, lr=setting.lr, loss=loss,
                                batch_size=setting.batch_size, calibration=calibration, act_bits=act_bits,
                                calib_samples=setting.calib_samples, checkpoint_every=10**9,
+                               recalibrate_each_stage=method in RECALIBRATE,
                                val_at_stages=False), show_progress=False)
     _keep_data(model_name, seed, out, data_cache or workdir / "data")
     metrics = {"val_loss": result.val_loss, "val_start": result.stage_val[0]["start"],

@@ -54,3 +54,29 @@ def test_schedule_benchmark_smoke(tmp_path: Path):
     assert report["summary"]["tiny-gemma"]["9"]["FraQAT W4A8"]["perplexity"]["mean"] > 1.0
     table = (tmp_path / "smoke.md").read_text()
     assert "| FraQAT W4A8 | 2 |" in table and "8 of 8 planned runs finished" in table
+
+
+def test_schedule_benchmark_method_rows_train_as_named(tmp_path: Path, monkeypatch):
+    """Each method name selects its schedule, activation bits and options: the W8A8 reference trains 8-bit
+    weights, "FraQAT W4A8 recal." the FraQAT schedule with --recalibrate-each-stage, plain FraQAT without."""
+    import importlib.util
+    from types import SimpleNamespace
+
+    spec = importlib.util.spec_from_file_location("schedules_bench", Path(__file__).parents[1] / "benchmarks" /
+                                                  "schedules.py")
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "schedules_bench", bench)  # its dataclass looks itself up there
+    spec.loader.exec_module(bench)
+    seen = {}
+
+    def fake_train(cfg, show_progress):
+        seen[cfg.out.name] = cfg
+        return SimpleNamespace(val_loss=0.0, stage_val=[{"start": 0.0}])
+
+    monkeypatch.setattr(bench, "train", fake_train)
+    for method in ("FraQAT W4A8", "FraQAT W4A8 recal.", "vQAT W8A8 (ref.)"):
+        bench.run_one("digits", method, 10, 0, bench.Setting(), tmp_path, {}, end_task=False,
+                      data_cache=tmp_path / "data")
+    by_method = {(c.schedule, c.act_bits, c.recalibrate_each_stage) for c in seen.values()}
+    assert by_method == {("fractional", 8, False), ("fractional", 8, True), ("constant:8", 8, False)}
+    assert len(seen) == 3  # each method has its own run folder
