@@ -45,6 +45,16 @@ dependencies {
     implementation("com.microsoft.onnxruntime:onnxruntime-android:${pinned("onnxruntimeVersion", libs.versions.onnxruntime.android)}")
     implementation("com.qualcomm.qti:onnxruntime-android-qnn:${pinned("qnnEpVersion", libs.versions.qnn.ep)}")
     implementation("com.qualcomm.qti:qnn-runtime:${pinned("qnnRuntimeVersion", libs.versions.qnn.runtime)}")
+    // the JVM tests (src/test/kotlin, JUnit): android.jar's org.json is a stub there, so the real one is added
+    testImplementation(libs.org.json)
+    testImplementation(platform(libs.junit.bom))
+    testImplementation("org.junit.jupiter:junit-jupiter")
+    testRuntimeOnly("org.junit.platform:junit-platform-launcher")
+}
+
+tasks.withType<Test>().configureEach {
+    useJUnitPlatform()
+    systemProperty("fraqat.repo", rootDir.resolve("..").absolutePath)
 }
 
 /** The protocol's JSON Schemas and the built-in models' tokenizers, copied from the repository into the app's assets. */

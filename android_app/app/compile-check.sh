@@ -6,8 +6,8 @@
 #
 #   android_app/app/compile-check.sh [--out DIR] [--app-src DIR] [--against CLASSES] [--test]
 #
-# --test also compiles app/src/test/kotlin and runs it (the JVM-testable parts of the Android layer: RunGuard,
-# StartFailure, DmaBuf), keeping what it writes in DIR/test-out.
+# --test also compiles app/src/test/kotlin and runs it with JUnit's console launcher (the JVM-testable parts of the
+# Android layer: RunGuard, StartFailure, DmaBuf), keeping what it writes in DIR/test-out.
 #
 # --app-src DIR compiles that tree instead of app/src/main/java; with --against CLASSES (an earlier --out's classes)
 # only the .kt files under DIR are compiled, against those classes (a quick re-check of a few changed files).
@@ -43,14 +43,16 @@ source "$here/../jvm-tools.sh"
 KOTLIN_VERSION="$(matrix_version kotlin)"
 ORT_VERSION="$(matrix_version onnxruntime-jvm)"
 ANDROID_ALL_VERSION="$(matrix_version android-all)"
-[[ -n "$KOTLIN_VERSION" && -n "$ORT_VERSION" && -n "$ANDROID_ALL_VERSION" ]] || {
-    echo "$matrix lacks kotlin / onnxruntime-jvm / android-all versions" >&2; exit 2; }
+JUNIT_VERSION="$(matrix_version junit)"
+[[ -n "$KOTLIN_VERSION" && -n "$ORT_VERSION" && -n "$ANDROID_ALL_VERSION" && -n "$JUNIT_VERSION" ]] || {
+    echo "$matrix lacks kotlin / onnxruntime-jvm / android-all / junit versions" >&2; exit 2; }
 
 android_all="$(maven_jar org.robolectric android-all "$ANDROID_ALL_VERSION")"
 ort="$(maven_jar com.microsoft.onnxruntime onnxruntime "$ORT_VERSION")"
 
 ensure_kotlinc "$KOTLIN_VERSION"
 
+# org.json comes from android-all (the framework's): the Maven Central jar the core's JVM tests use is not added
 classpath="$android_all:$ort"
 if [[ -n "$against" ]]; then
     [[ -d "$against" ]] || { echo "--against $against: no such folder (run without --against first)" >&2; exit 2; }
@@ -60,7 +62,11 @@ else
     mapfile -t sources < <(find "$app_src" "$repo/android_app/core/src/main/kotlin" "$repo/tests/android_stubs" -name '*.kt' | sort)
 fi
 # the app's JVM tests compile in the same run (one compiler start), into the same classes
-[[ $run_tests == 1 ]] && mapfile -t -O "${#sources[@]}" sources < <(find "$here/src/test/kotlin" -name '*.kt' | sort)
+if [[ $run_tests == 1 ]]; then
+    mapfile -t -O "${#sources[@]}" sources < <(find "$here/src/test/kotlin" -name '*.kt' | sort)
+    junit_jar="$(maven_jar org.junit.platform junit-platform-console-standalone "$JUNIT_VERSION")"
+    classpath="$classpath:$junit_jar"
+fi
 [[ ${#sources[@]} -gt 0 ]] || { echo "no Kotlin sources under $app_src" >&2; exit 2; }
 rm -rf "$out"
 mkdir -p "$out"
@@ -74,5 +80,7 @@ echo "compiled ${#sources[@]} files against android-all $ANDROID_ALL_VERSION (AP
 
 if [[ $run_tests == 1 ]]; then
     stdlib="$kotlin_home/lib/kotlin-stdlib.jar"
-    java -cp "$out/classes:$stdlib:$android_all" dev.fraqat.deploy.test.AppTestsKt --repo "$repo" --out "$out/test-out" || exit 1
+    java -Dfraqat.repo="$repo" -Dfraqat.out="$out/test-out" -jar "$junit_jar" execute \
+        --class-path "$out/classes:$stdlib:$android_all" --select-class dev.fraqat.deploy.test.AppTests --fail-if-no-tests \
+        --disable-banner --disable-ansi-colors --details=tree --details-theme=ascii || exit 1
 fi

@@ -8,36 +8,37 @@ import dev.fraqat.deploy.core.DeviceInfo
 import dev.fraqat.deploy.core.ErrorKind
 import dev.fraqat.deploy.core.Json
 import dev.fraqat.deploy.core.Schemas
+import org.junit.jupiter.api.Assertions.assertTrue
+import org.junit.jupiter.api.DynamicTest
+import org.junit.jupiter.api.DynamicTest.dynamicTest
+import org.junit.jupiter.api.TestFactory
 import java.io.File
-import kotlin.system.exitProcess
 
 /**
- * The Android layer's plain-JVM logic, run by `compile-check.sh --test` on the classes it just compiled:
- * `java ... dev.fraqat.deploy.test.AppTestsKt --repo <repository> --out <dir>`. One line per test, then
- * "N passed, M failed"; exit code 1 when any failed. `--out` keeps the start-failure result.json for the Python side.
+ * The Android layer's plain-JVM logic, run with JUnit by `compile-check.sh --test` on the classes it just compiled
+ * (against android-all). System properties: `fraqat.repo` the repository root (required), `fraqat.out` a folder that
+ * keeps the start-failure result.json for the Python side.
  */
-private class Failed(message: String) : Exception(message)
-
-private fun check(condition: Boolean, message: () -> String) {
-    if (!condition) throw Failed(message())
+class AppTests {
+    @TestFactory
+    fun app(): List<DynamicTest> = tests().map { (name, body) -> dynamicTest(name) { body() } }
 }
 
 private val DEVICE = DeviceInfo("samsung", "SM-S938B", "SM8750", 35, "htp", null, null)
 
-fun main(args: Array<String>) {
-    val repo = File(args[args.indexOf("--repo") + 1])
-    val out = args.indexOf("--out").takeIf { it >= 0 }?.let { File(args[it + 1]) }
-        ?: kotlin.io.path.createTempDirectory("fraqat-app").toFile()
+private fun tests(): Map<String, () -> Unit> {
+    val repo = File(System.getProperty("fraqat.repo") ?: error("set -Dfraqat.repo=<repository root> (compile-check.sh does)"))
+    val out = System.getProperty("fraqat.out")?.let { File(it) } ?: kotlin.io.path.createTempDirectory("fraqat-app").toFile()
     val schemas = Schemas.fromDirectory(File(repo, "fraqat_deploy/device/schemas"))
-    val tests = linkedMapOf<String, () -> Unit>(
+    return linkedMapOf(
         "a request is claimed once, across activity instances" to {
             val request = File(out, "runs/guard/request.json").apply { parentFile.mkdirs(); writeText("{}") }
             File(request.parentFile, RunGuard.MARKER).delete()
-            check(RunGuard.claim(request)) { "first claim refused" }
-            check(!RunGuard.claim(request)) { "second claim of the same request granted: it would run twice" }
-            check(File(request.parentFile, RunGuard.MARKER).isFile) { "no marker beside the request" }
+            assertTrue(RunGuard.claim(request)) { "first claim refused" }
+            assertTrue(!RunGuard.claim(request)) { "second claim of the same request granted: it would run twice" }
+            assertTrue(File(request.parentFile, RunGuard.MARKER).isFile) { "no marker beside the request" }
             File(request.parentFile, RunGuard.MARKER).delete() // what the CLI does before starting the request again
-            check(RunGuard.claim(request)) { "a re-started request (marker removed) refused" }
+            assertTrue(RunGuard.claim(request)) { "a re-started request (marker removed) refused" }
         },
         "a native library that does not load ends in a valid result.json" to {
             val request = File(out, "runs/nolib/request.json").apply { parentFile.mkdirs(); writeText("{}") }
@@ -45,18 +46,18 @@ fun main(args: Array<String>) {
             val result = Json.parse(file.readText())
             schemas.validate("result", result)
             val error = (result as Map<*, *>)["error"] as Map<*, *>
-            check(error["kind"] == "htp_unavailable") { "kind ${error["kind"]}" }
-            check((error["message"] as String).contains("libonnxruntime.so")) { "message ${error["message"]}" }
-            check(result["request_id"] == "nolib") { "request_id ${result["request_id"]}" }
+            assertTrue(error["kind"] == "htp_unavailable") { "kind ${error["kind"]}" }
+            assertTrue((error["message"] as String).contains("libonnxruntime.so")) { "message ${error["message"]}" }
+            assertTrue(result["request_id"] == "nolib") { "request_id ${result["request_id"]}" }
             val status = Json.parse(File(request.parentFile, "status.json").readText())
             schemas.validate("status", status)
-            check((status as Map<*, *>)["state"] == "error") { "status ${status["state"]}" }
+            assertTrue((status as Map<*, *>)["state"] == "error") { "status ${status["state"]}" }
         },
         "start failures keep their kind" to {
-            check(StartFailure.classify(BenchError(ErrorKind.MODEL_MISSING, "x")).first == ErrorKind.MODEL_MISSING) { "BenchError" }
-            check(StartFailure.classify(java.io.FileNotFoundException("schemas/result.schema.json")).first == ErrorKind.INTERNAL) { "missing asset" }
-            check(StartFailure.classify(OutOfMemoryError()).first == ErrorKind.OUT_OF_MEMORY) { "OOM" }
-            check(StartFailure.device { throw IllegalStateException("no Build") }.model == "?") { "device fallback" }
+            assertTrue(StartFailure.classify(BenchError(ErrorKind.MODEL_MISSING, "x")).first == ErrorKind.MODEL_MISSING) { "BenchError" }
+            assertTrue(StartFailure.classify(java.io.FileNotFoundException("schemas/result.schema.json")).first == ErrorKind.INTERNAL) { "missing asset" }
+            assertTrue(StartFailure.classify(OutOfMemoryError()).first == ErrorKind.OUT_OF_MEMORY) { "OOM" }
+            assertTrue(StartFailure.device { throw IllegalStateException("no Build") }.model == "?") { "device fallback" }
         },
         "DMA-BUF buffers count once each, by inode" to {
             val mb = 1024L * 1024
@@ -74,25 +75,13 @@ fun main(args: Array<String>) {
             """.trimIndent()
             val bytes = DmaBuf.bytes(fdinfos, maps)
             // 8 MB (fd, mapped too) + 2 MB (fd) + 2 x 1 MB mapped without a descriptor
-            check(bytes == 12 * mb) { "counted $bytes bytes, expected ${12 * mb}" }
-            check(DmaBuf.bytes(emptySequence(), "") == 0L) { "nothing held" }
+            assertTrue(bytes == 12 * mb) { "counted $bytes bytes, expected ${12 * mb}" }
+            assertTrue(DmaBuf.bytes(emptySequence(), "") == 0L) { "nothing held" }
         },
         "DMA-BUF is read from this process's /proc" to {
             val now = DmaBuf.currentMb()
-            check(now != null && now >= 0.0) { "no reading from /proc/self on Linux: $now" }
-            check(DmaBuf.currentMb(File(out, "no-such-proc")) == null) { "an unreadable /proc gives a reading" }
+            assertTrue(now != null && now >= 0.0) { "no reading from /proc/self on Linux: $now" }
+            assertTrue(DmaBuf.currentMb(File(out, "no-such-proc")) == null) { "an unreadable /proc gives a reading" }
         },
     )
-    var failed = 0
-    for ((name, body) in tests) {
-        try {
-            body()
-            println("ok    $name")
-        } catch (e: Throwable) {
-            failed++
-            println("FAIL  $name: ${e::class.java.simpleName}: ${e.message}")
-        }
-    }
-    println("${tests.size - failed} passed, $failed failed")
-    if (failed > 0) exitProcess(1)
 }
