@@ -17,9 +17,8 @@ import torch
 Calibration = Literal["mse", "minmax", "percentile", "meanstd", "learned"]
 #: range-setting methods; "learned" starts from the "mse" ranges and trains them (see ``LearnedEncoding``)
 CALIBRATIONS: tuple[str, ...] = ("mse", "minmax", "percentile", "meanstd", "learned")
-#: chosen by measurement (README, "Activation ranges"): after training as good as "mse" within noise, and the
-#: exported graph stays closest to the trained model (the export's 16-bit encodings of untrained tensors span
-#: their min/max; requantizing them to a much narrower 8-bit range flips roundings)
+#: chosen by measurement (README, "Activation ranges"): after training as good as "mse" within noise (one seed);
+#: every calibration keeps export parity (the export aligns the uint16 grids that feed trained 8-bit inputs)
 DEFAULT_CALIBRATION: Calibration = "minmax"
 #: the percentile method keeps this share of the observed values inside the range (both tails together)
 PERCENTILE = 99.99
