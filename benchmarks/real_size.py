@@ -40,7 +40,7 @@ GIB = 1 << 30
 #: issue targets: export peak RSS <= 3x the component's fp32 weights; compiled bytes per weight of INT4 components
 RSS_FACTOR_TARGET = 3.0
 BYTES_PER_WEIGHT_TARGET = 0.6
-STAGES = ("build", "ptq", "export", "compile", "collect")
+STAGES = ("build", "ptq", "export", "compile", "parity", "collect")
 
 #: model -> component -> (what is real in its folder, the adapter, whether its weights are INT4 after PTQ)
 MODELS: dict[str, dict[str, dict[str, Any]]] = {
@@ -361,7 +361,8 @@ def run_component(model: str, component: str, stages: list[str], work: Path, arg
         save_result(model, component, result)
     if "export" in stages:
         result["export"] = run_measured(cli + ["export", spec["adapter"], "--run", str(run), "--component",
-                                               component], logs / f"{model}-{component}-export.log",
+                                               component, "--calib-samples", str(args.calib_samples)],
+                                        logs / f"{model}-{component}-export.log",
                                         timeout=args.export_timeout, env=env)
         result["export"] |= export_facts(run, component)
         save_result(model, component, result)
@@ -377,11 +378,19 @@ def run_component(model: str, component: str, stages: list[str], work: Path, arg
                            "ended (the process runs no children)", "log_tail": []} | export_facts(run, component)
         save_result(model, component, result)
     if "compile" in stages:
+        # the compile alone; HTP parity on the simulator is its own stage (below), under its own time limit
         result["compile"] = run_measured(cli + ["compile", spec["adapter"], "--run", str(run), "--component",
-                                                component, "--device", args.target],
+                                                component, "--device", args.target, "--parity-rows", "0"],
                                          logs / f"{model}-{component}-compile.log", timeout=args.compile_timeout,
                                          env=env)
         result["compile"] |= compile_facts(run, component, args.target)
+        save_result(model, component, result)
+    if "parity" in stages:  # the same command with one parity row: the cached context binary, then the simulator
+        result["parity"] = run_measured(cli + ["compile", spec["adapter"], "--run", str(run), "--component",
+                                               component, "--device", args.target, "--parity-rows", "1"],
+                                        logs / f"{model}-{component}-parity.log", timeout=args.parity_timeout,
+                                        env=env)
+        result["parity"] |= {"htp_parity": compile_facts(run, component, args.target).get("htp_parity")}
         save_result(model, component, result)
     return result
 
@@ -412,6 +421,16 @@ def _stage_cell(stage: dict[str, Any] | None) -> str:
     state = "timed out" if stage.get("timed_out") else "not finished" if stage.get("unfinished") \
         else "ok" if stage.get("exit_code") == 0 else f"failed ({stage.get('exit_code')})"
     return f"{state}: {stage['seconds']:.0f} s, peak {_gib(stage.get('peak_rss_bytes'))}"
+
+
+def _parity_cell(stage: dict[str, Any] | None) -> str:
+    """HTP parity of one input on the host simulator (the ``parity`` stage)."""
+    if not stage:
+        return "not run"
+    hp = stage.get("htp_parity") or {}
+    if hp.get("passed") is not None and stage.get("exit_code") is not None:
+        return f"{'ok' if hp['passed'] else 'FAIL'} ({hp['rel']:.2%} rel, 1 input): {stage['seconds']:.0f} s"
+    return _stage_cell(stage) + " (simulator)"
 
 
 def verdicts(model: str, component: str, r: dict[str, Any]) -> list[str]:
@@ -470,8 +489,7 @@ def render_table(data: dict[str, Any]) -> str:
                 f"{o} {m['mean_steps']:.2f}/{m['max_steps']:.2f} steps {'ok' if m['passed'] else 'FAIL'}"
                 for o, m in par.items())
             cov = comp.get("coverage")
-            hp = comp.get("htp_parity")
-            hp_cell = "not run (simulator)" if not hp else f"{'ok' if hp['passed'] else 'FAIL'} ({hp['rel']:.2%} rel)"
+            hp_cell = _parity_cell(r.get("parity"))
             bpw = comp.get("bytes_per_weight")
             cells = [f"{model} / {component}", _gib(r.get("fp32_weight_bytes")), _stage_cell(r.get("ptq")),
                      _stage_cell(r.get("export")), _gib(qdq) if qdq else "–", par_cell,
@@ -523,6 +541,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--export-measured", help="collect: JSON with seconds and peak_rss_bytes of the export")
     parser.add_argument("--export-timeout", type=float, default=None, help="seconds per export stage")
     parser.add_argument("--compile-timeout", type=float, default=3600.0, help="seconds per compile stage")
+    parser.add_argument("--parity-timeout", type=float, default=1800.0,
+                        help="seconds for the HTP-simulator parity run of one input")
+    parser.add_argument("--calib-samples", type=int, default=8, help="export --calib-samples (the CLI's default)")
     parser.add_argument("--table-only", action="store_true", help="only rewrite the tables from the JSON")
     parser.add_argument("--readme", action="store_true", help="also rewrite the README table")
     parser.add_argument("--lm-head-probe", action="store_true", help="compile Gemma-2-2B's 256k head alone")

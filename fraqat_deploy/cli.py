@@ -238,6 +238,9 @@ def export_cmd(
     run: Annotated[Optional[Path], typer.Option(help="The trained run folder (default: the newest trained run of "
                                                      "the model under runs/).")] = None,
     component: Annotated[Optional[list[str]], typer.Option(help="Only these components.")] = None,
+    calib_samples: Annotated[int, typer.Option(
+        min=1, help="Calibration inputs (the FP model's own runs) for the ranges of the tensors training did not "
+                    "quantize; the first is also the parity sample. Fewer is faster at real size.")] = 8,
 ) -> None:
     """Export a trained run to Q/DQ ONNX (opset 21) that reproduces its quantization; checks parity on the CPU."""
     from fraqat_deploy.export import export_run
@@ -245,7 +248,7 @@ def export_cmd(
     run = run or _newest(model, "trained", None, f"the newest trained {model} run")
 
     with _stage_guard(run, "export"):
-        manifest = export_run(run, model, components=component)
+        manifest = export_run(run, model, components=component, n_calibration=calib_samples)
     table = Table(title=f"export of {run}")
     for col in ("component", "trained layers", "rule layers", "parity (mean / max, 8-bit steps)", ""):
         table.add_column(col)
@@ -327,6 +330,9 @@ def compile_cmd(
     component: Annotated[Optional[list[str]], typer.Option(help="Only these components.")] = None,
     allow_cpu_fallback: Annotated[bool, typer.Option(help="Let operators the HTP cannot run stay on the CPU.")] = False,
     force: Annotated[bool, typer.Option(help="Recompile even if the cache matches.")] = False,
+    parity_rows: Annotated[int, typer.Option(
+        min=0, help="local: exported inputs to run on the host HTP simulator against the CPU Q/DQ model (0 skips HTP "
+                    "parity, recorded as skipped: the simulator takes hours for a real-size component).")] = 4,
     backend: Annotated[str, typer.Option(help="local (onnxruntime-qnn on this machine) or hub (Qualcomm AI Hub).")]
     = "local",
     resume_job: Annotated[Optional[list[str]], typer.Option(help="hub: wait for these job ids instead of "
@@ -352,7 +358,8 @@ def compile_cmd(
             _hub_compile(run, device, resume_job, timeout, component, force, hub_device, qairt_version)
         return
     with _stage_guard(run, f"compile/{get_target(device).alias}"):
-        result = compile_run(run, device, allow_cpu_fallback=allow_cpu_fallback, components=component, force=force)
+        result = compile_run(run, device, allow_cpu_fallback=allow_cpu_fallback, components=component, force=force,
+                             parity_rows=parity_rows)
     table = Table(title=f"compiled for {result['target']} (local QNN HTP compiler; parity on the host HTP simulator)")
     for col in ("component", "HTP ops", "CPU ops", "context bytes", "bytes/weight", "HTP vs CPU Q/DQ", "", "cached"):
         table.add_column(col)
@@ -362,7 +369,8 @@ def compile_cmd(
         table.add_row(name, f"{cov['htp']} ({cov['htp_fraction']:.0%})",
                       f"{cov['cpu_boundary']} boundary + {cov['cpu_fallback']} fallback",
                       f"{rec['context_binary_bytes']:,}", f"{rec['weights']['bytes_per_weight']:.3f}",
-                      verdict, "within bound" if par["passed"] else "OVER BOUND", "yes" if rec["cached"] else "no")
+                      verdict, "skipped" if par.get("skipped") else "within bound" if par["passed"] else "OVER BOUND",
+                      "yes" if rec["cached"] else "no")
     out.print(table)
     out.print(f"written: {result['out']}  (compile.json, htp_parity.json, <component>_ctx.onnx + .bin)")
     _warn_app_runtime(result["records"])

@@ -526,3 +526,16 @@ def test_htp_session_writes_a_context_and_a_profile(models: dict[str, Path], tmp
     del session  # QNN writes the profile when the session closes
     assert "Accelerator (execute) time (cycles)" in profile.read_text()
     np.testing.assert_allclose(htp_y, cpu_session(models["int4"]).run(None, x)[0], atol=3e-4)
+
+
+def test_softmax_kl_sees_distributions_not_shifts() -> None:
+    """The logits criterion: a constant added to a row changes no probability (KL 0); a change of ranking does."""
+    from fraqat_deploy.compile.local import softmax_kl
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(3, 50)).astype(np.float32)
+    assert softmax_kl(logits, logits + 3.0) < 1e-9
+    moved = logits.copy()
+    moved[:, :5] += 2.0
+    assert softmax_kl(logits, moved) > 0.01
+    assert softmax_kl(logits, moved) != softmax_kl(moved, logits)  # KL is not symmetric: the CPU's comes first

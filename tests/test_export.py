@@ -298,3 +298,24 @@ def test_htp_parity_failure_fails_the_compile_and_keeps_the_binaries(digits_run:
     out = digits_run / "compile" / "s24u"
     assert (out / "transformer_ctx.onnx").is_file() and (out / "htp_parity.json").is_file()
     assert json.loads((digits_run / "run.json").read_text())["stages"]["compile/s24u"]["status"] == "failed"
+
+
+def test_parity_rows_chooses_or_skips_the_simulator_run(digits_run: Path):
+    """`--parity-rows N` runs HTP parity on the first N exported inputs; 0 skips it (a real-size component takes
+    hours on the simulator), recorded as skipped, not as passed, and the compile stage is still done."""
+    if not (digits_run / "compile" / "s25u" / "compile.json").is_file():
+        assert runner.invoke(app, ["export", "digits", "--run", str(digits_run)]).exit_code == 0
+    one = runner.invoke(app, ["compile", "digits", "--run", str(digits_run), "--device", "s25u", "--parity-rows", "1",
+                              "--component", "vae_decoder"])
+    assert one.exit_code == 0, one.output
+    parity = json.loads((digits_run / "compile" / "s25u" / "htp_parity.json").read_text())["components"]
+    assert parity["vae_decoder"]["rows"] == 1 and parity["vae_decoder"]["passed"] is True
+    skipped = runner.invoke(app, ["compile", "digits", "--run", str(digits_run), "--device", "s25u",
+                                  "--parity-rows", "0"])
+    assert skipped.exit_code == 0 and "skipped" in skipped.output, skipped.output
+    parity = json.loads((digits_run / "compile" / "s25u" / "htp_parity.json").read_text())["components"]
+    assert set(parity) == {"text_encoder", "transformer", "vae_decoder"}
+    assert all(p["skipped"] and p["passed"] is None and not p["outputs"] for p in parity.values()), parity
+    assert json.loads((digits_run / "run.json").read_text())["stages"]["compile/s25u"]["status"] == "done"
+    negative = runner.invoke(app, ["compile", "digits", "--run", str(digits_run), "--parity-rows", "-1"])
+    assert negative.exit_code != 0 and "--parity-rows" in negative.output

@@ -289,5 +289,18 @@ def test_quant_state_round_trip_and_freeze():
     assert torch.equal(model(x), before)
     codes, _, _ = layer.weight_codes()
     assert codes.dtype == torch.int32 and int(codes.min()) >= -9 and int(codes.max()) <= 8
+    # frozen codes are held as int8 (a quarter of a float copy), exactly the codes the float grid gave
+    assert layer.frozen[0].dtype == torch.int8
+    assert torch.equal(layer.frozen[0].to(torch.int32), codes)
     with pytest.raises(RuntimeError, match="frozen"):
         set_weight_bits(model, 4)
+
+
+def test_code_dtype_is_the_smallest_that_holds_the_grid():
+    from fraqat_deploy.quant.grid import code_dtype, fractional_grid
+
+    assert code_dtype(*fractional_grid(8, "narrow")) == torch.int8
+    assert code_dtype(*fractional_grid(4.25, "narrow")) == torch.int8
+    assert code_dtype(*fractional_grid(8, "wide")) == torch.uint8
+    assert code_dtype(*fractional_grid(16, "narrow")) == torch.int16
+    assert code_dtype(*fractional_grid(16, "wide")) == torch.int32

@@ -245,3 +245,25 @@ def test_learned_encodings_train_and_are_saved_as_trained(tmp_path: Path):
     adapter = trained.adapter
     with torch.no_grad():
         assert torch.equal(adapter.forward(trained.student, rows), adapter.forward(static, rows))
+
+
+def test_load_weights_copies_into_the_model_and_refuses_misfits(tmp_path: Path):
+    """Weights are copied tensor by tensor into the model's own storage; a file of another shape or a damaged one
+    is a one-line InputError naming the fix."""
+    from torch import nn
+
+    from fraqat_deploy.train.checkpoint import load_weights, save_weights
+
+    src, dst = nn.Linear(4, 3), nn.Linear(4, 3)
+    save_weights(src, tmp_path / "w.safetensors")
+    storage = dst.weight.data_ptr()
+    load_weights(dst, tmp_path / "w.safetensors")
+    assert torch.equal(dst.weight, src.weight) and torch.equal(dst.bias, src.bias)
+    assert dst.weight.data_ptr() == storage  # in place, not a second copy
+    save_weights(nn.Linear(5, 3), tmp_path / "other.safetensors")
+    with pytest.raises(InputError, match="do not fit the model") as e:
+        load_weights(dst, tmp_path / "other.safetensors")
+    assert "same --model" in e.value.fix
+    (tmp_path / "bad.safetensors").write_bytes(b"\x00" * 16)
+    with pytest.raises(InputError, match="cannot read weights"):
+        load_weights(dst, tmp_path / "bad.safetensors")

@@ -55,6 +55,12 @@ PARITY_PEAK_TOL = 0.10
 #: with the float graph at hand, the HTP may also differ from the CPU Q/DQ model by up to this many times the
 #: Q/DQ model's own quantization error (vs the float graph): see ``htp_parity``
 PARITY_NOISE_FACTOR = 2.5
+#: outputs that reach the user only through a softmax over their last axis (a language model's logits). For them
+#: what counts is the distribution: such an output also passes when the HTP moves it (KL divergence from the CPU
+#: Q/DQ model's softmax, mean over positions) by at most ``noise_factor`` times what quantization itself moves it
+#: (KL of the Q/DQ model from the float graph). Measured on a tiny-Gemma decode step: the HTP's logits 2.3% off the
+#: CPU's (over the 2% rule) with KL 0.0002, against the quantization's own KL of 0.003.
+SOFTMAX_OUTPUTS = frozenset({"logits"})
 
 
 # ---------------------------------------------------------------- reading models
@@ -526,6 +532,17 @@ def _check_inputs(session: ort.InferenceSession, inputs: Mapping[str, np.ndarray
         )
 
 
+def softmax_kl(p_logits: np.ndarray, q_logits: np.ndarray) -> float:
+    """KL(softmax(p) || softmax(q)) over the last axis, mean over the other positions (nats)."""
+    def log_softmax(x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float64)
+        x = x - x.max(axis=-1, keepdims=True)
+        return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+    lp, lq = log_softmax(p_logits), log_softmax(q_logits)
+    return float((np.exp(lp) * (lp - lq)).sum(axis=-1).mean())
+
+
 def htp_parity(
     ctx_onnx: str | Path,
     qdq_onnx: str | Path,
@@ -537,6 +554,7 @@ def htp_parity(
     peak_tol: float = PARITY_PEAK_TOL,
     float_onnx: str | Path | None = None,
     noise_factor: float = PARITY_NOISE_FACTOR,
+    softmax_outputs: frozenset[str] = SOFTMAX_OUTPUTS,
 ) -> dict[str, Any]:
     """Run the compiled context binary on the host HTP simulator and the Q/DQ model on the CPU EP; compare
     each output (see ``parity_verdict`` for the tolerance). ``target`` defaults to the one in compile.json.
@@ -550,7 +568,10 @@ def htp_parity(
     ill-conditioned graph (a random-initialised tiny model whose last layer cancels most of its input)
     amplifies both alike. A wrong computation still fails: the naive Sana export (29% against 0.7% of quantization
     error), the LayerNorm broadcast trap on digits-Sana (21% against 7.5%). A subtler departure can hide in the
-    noise of a poorly trained model: ``first_divergence`` (debug-htp) compares every tensor."""
+    noise of a poorly trained model: ``first_divergence`` (debug-htp) compares every tensor.
+
+    ``softmax_outputs`` (with ``float_onnx``): outputs that may also pass on their distribution (see
+    ``SOFTMAX_OUTPUTS``); their record adds ``kl`` and ``quantization_kl``."""
     ctx_onnx = Path(ctx_onnx)
     qdq_onnx = Path(qdq_onnx)
     ctx_model = load_model(ctx_onnx, what="compiled EPContext model", stage="compile")
@@ -589,6 +610,11 @@ def htp_parity(
             tol = max(rel_tol, noise_factor * quantization["rel"])
             max_abs_tol = noise_factor * quantization["max_abs"]
         ok, why = parity_verdict(metrics, rel_tol=tol, steps_tol=steps_tol, peak_tol=peak_tol, max_abs_tol=max_abs_tol)
+        if name in softmax_outputs and f is not None and metrics["finite"]:
+            metrics["kl"], metrics["quantization_kl"] = softmax_kl(b, a), softmax_kl(f, b)
+            if not ok and metrics["kl"] <= noise_factor * metrics["quantization_kl"]:
+                ok, why = True, (f"{why}, but its softmax moves by KL {metrics['kl']:.3g} <= {noise_factor:g} x the "
+                                 f"quantization's own {metrics['quantization_kl']:.3g}")
         outputs[name] = metrics | {"rel_tol": tol, "shape": list(np.shape(b)), "passed": ok, "why": why}
     return {
         "ctx_onnx": str(ctx_onnx),

@@ -269,7 +269,8 @@ def export_run(run: Path, model: str | None = None, *, components: list[str] | N
                                      f"uint16 step (largest of {FLOOR_DRAWS} draws)"},
         "components": parity,
     })
-    manifest = {"opset": OPSET, "rule": RULE, "adapter": adapter.name, "components": records}
+    manifest = {"opset": OPSET, "rule": RULE, "adapter": adapter.name, "calibration_inputs": n_calibration,
+                "components": records}
     write_json_atomic(out / "export.json", manifest)
     failed = [f"{c}/{o} ({m['mean_steps']:.2f} mean, {m['max_steps']:.2f} max steps)"
               for c, outs in parity.items() for o, m in outs.items() if not m["passed"]]

@@ -42,6 +42,15 @@ def fractional_grid(bits: float, range_: Range = "narrow") -> tuple[int, int]:
     raise ValueError(f"unknown range '{range_}': use 'narrow' or 'wide'")
 
 
+def code_dtype(qmin: int, qmax: int) -> torch.dtype:
+    """The smallest integer dtype that holds every code of the grid ``[qmin, qmax]``."""
+    for dtype in (torch.int8, torch.uint8, torch.int16, torch.int32):
+        info = torch.iinfo(dtype)
+        if info.min <= qmin and qmax <= info.max:
+            return dtype
+    raise ValueError(f"no integer dtype holds the grid [{qmin}, {qmax}]")
+
+
 def _reduce_dims(w: torch.Tensor, granularity: Granularity) -> tuple[int, ...] | None:
     if granularity == "tensor":
         return None

@@ -19,7 +19,15 @@ from fraqat_deploy.quant.activation import (
     RangeObserver,
     fake_quant_activation,
 )
-from fraqat_deploy.quant.grid import Granularity, Range, check_bits, fake_quant_weight, quantize_weight
+from fraqat_deploy.quant.grid import (
+    Granularity,
+    Range,
+    check_bits,
+    code_dtype,
+    fake_quant_weight,
+    fractional_grid,
+    quantize_weight,
+)
 
 Mode = Literal["fp", "observe", "quant", "frozen", "export"]
 
@@ -103,7 +111,9 @@ class QuantMixin:
     def freeze(self) -> None:
         """Fix the integer codes and scales of the weight as they are now; gradients stop."""
         q, scale, offset = quantize_weight(self.weight, self.weight_bits, self.weight_range, self.granularity)
-        self.frozen = (q, scale, offset)
+        # the codes in the smallest integer type that holds the grid (int8 / uint8 up to 8 bits): a quarter of a
+        # float copy of the weight, which matters at real size (export freezes every layer of a GB model)
+        self.frozen = (q.to(code_dtype(*fractional_grid(self.weight_bits, self.weight_range))), scale, offset)
         self.weight.requires_grad_(False)
         self.mode = "frozen"
 

@@ -256,7 +256,8 @@ def compile_figures(run: Path) -> str:
             rows.append((name, cov.get("nodes"), cov.get("htp"), htp_share(cov),
                          cov.get("cpu_boundary"), cov.get("cpu_fallback"), num(c.get("context_binary_bytes"), ",d"),
                          num(weights.get("bytes_per_weight"), ".3f"),
-                         "-" if not p else f"{'passed' if p.get('passed') else 'FAILED'} ({max(rels):.2%})"
+                         "-" if not p else "not run (--parity-rows 0)" if p.get("skipped")
+                         else f"{'passed' if p.get('passed') else 'FAILED'} ({max(rels):.2%})"
                          if rels else num(p.get("passed"))))
         first = next(iter(comps.values()), {})
         heading = (f"{target.name}: {first.get('device', '')} ({first.get('soc')}, HTP {first.get('htp_arch')}, "

@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
 
 from fraqat_deploy.errors import InputError
@@ -40,20 +41,36 @@ def save_weights(model: nn.Module, path: Path) -> None:
 
 
 def load_weights(model: nn.Module, path: Path) -> None:
+    """Copy the weights of ``path`` into ``model``'s own tensors one at a time (a real model's checkpoint is GBs:
+    it is never held whole beside the model)."""
     if not path.is_file():
         raise InputError(f"no weights at {path}", "check the run folder, or train again")
+    damaged = "the file is damaged: train again or resume"
+    misfit = "use the same --model and model source as the run that wrote them"
+    state = model.state_dict()
     try:
-        tensors = load_file(str(path))
+        reader = safe_open(str(path), framework="pt")
     except Exception as e:  # safetensors raises several types for a damaged file
-        raise InputError(f"cannot read weights {path}: {e}", "the file is damaged: train again or resume") from None
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
-    # keys left out by state_dict_for_save are tied to ones that were saved
-    missing = [k for k in missing if k not in _tied_keys(model)]
-    if missing or unexpected:
-        raise InputError(
-            f"weights {path} do not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})",
-            "use the same --model and model source as the run that wrote them",
-        )
+        raise InputError(f"cannot read weights {path}: {e}", damaged) from None
+    with reader:
+        keys = list(reader.keys())
+        # keys left out by state_dict_for_save are tied to ones that were saved
+        missing = sorted(set(state) - set(keys) - _tied_keys(model))
+        unexpected = sorted(set(keys) - set(state))
+        if missing or unexpected:
+            raise InputError(f"weights {path} do not fit the model (missing {missing[:3]}, unexpected "
+                             f"{unexpected[:3]})", misfit)
+        with torch.no_grad():
+            for key in keys:
+                try:
+                    tensor = reader.get_tensor(key)
+                except Exception as e:
+                    raise InputError(f"cannot read weights {path} ({key}): {e}", damaged) from None
+                if tensor.shape != state[key].shape:
+                    raise InputError(f"weights {path} do not fit the model ({key}: {tuple(tensor.shape)} in the "
+                                     f"file, {tuple(state[key].shape)} in the model)", misfit)
+                state[key].copy_(tensor)
+                del tensor
 
 
 def _tied_keys(model: nn.Module) -> set[str]:
