@@ -303,29 +303,55 @@ def lm_head_graph(path: Path, tokens: int, vocab: int, hidden: int, seed: int) -
     return hidden * vocab
 
 
+def host_cpu_seconds(path: Path, tokens: int, hidden: int, repeats: int = 5) -> dict[str, Any]:
+    """The Q/DQ head graph on ONNX Runtime's CPU provider of this host: median seconds per call (this machine's CPU,
+    not the phone's; it says what keeping the head off the NPU costs in kind, not in milliseconds on the phone)."""
+    import numpy as np
+
+    from fraqat_deploy.compile.htp import cpu_session
+
+    session = cpu_session(path)
+    feed = {"hidden": np.random.default_rng(0).standard_normal((1, tokens, hidden)).astype(np.float32)}
+    session.run(None, feed)  # warm-up
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        session.run(None, feed)
+        times.append(time.perf_counter() - started)
+    return {"median_seconds": round(float(np.median(times)), 4), "repeats": repeats,
+            "threads": int(os.environ.get("OMP_NUM_THREADS", "0")) or None}
+
+
 def lm_head_probe(work: Path, args: argparse.Namespace) -> dict[str, Any]:
     """Compile Gemma-2-2B's head (``[1, N, 2304] x [2304, 256000]``) for the target, one graph per prompt length
-    asked, each under its own time limit: does it compile, how long, how big."""
+    asked, each under its own time limit: does it compile, how long, how big. With ``--lm-head-slices K`` the graph
+    is one of K equal vocabulary slices (``[2304, 256000 / K]``; the K graphs are alike, so one measures them all)."""
     cfg = load_config("gemma2_2b")
     out: dict[str, Any] = {}
+    slices = args.lm_head_slices
+    if cfg["vocab_size"] % slices:
+        raise SystemExit(f"--lm-head-slices {slices} does not divide the vocabulary {cfg['vocab_size']}")
+    vocab = cfg["vocab_size"] // slices
     for tokens in args.lm_head_tokens:
-        folder = work / "gemma2b" / "lm_head" / f"n{tokens}"
+        key = f"n{tokens}" if slices == 1 else f"n{tokens}-slice{slices}"
+        folder = work / "gemma2b" / "lm_head" / key
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
-        weights = lm_head_graph(folder / "lm_head.onnx", tokens, cfg["vocab_size"], cfg["hidden_size"], args.seed)
+        weights = lm_head_graph(folder / "lm_head.onnx", tokens, vocab, cfg["hidden_size"], args.seed)
         code = (f"import json; from fraqat_deploy.compile.local import compile_onnx; "
                 f"r = compile_onnx({str(folder / 'lm_head.onnx')!r}, {str(folder / 'ctx')!r}, {args.target!r}); "
                 f"print(json.dumps({{k: r[k] for k in ('context_binary_bytes', 'coverage', 'weights', 'seconds')}}))")
-        rec = run_measured([sys.executable, "-c", code], work / "logs" / f"lm_head-n{tokens}.log",
+        rec = run_measured([sys.executable, "-c", code], work / "logs" / f"lm_head-{key}.log",
                            timeout=args.compile_timeout)
-        lines = (work / "logs" / f"lm_head-n{tokens}.log").read_text().strip().splitlines()
+        lines = (work / "logs" / f"lm_head-{key}.log").read_text().strip().splitlines()
         if rec["exit_code"] == 0 and lines:
             rec |= json.loads(lines[-1])
-        out[f"n{tokens}"] = rec | {"tokens": tokens, "weights_count": weights,
-                                   "qdq_bytes": _tree_bytes(folder) - _tree_bytes(folder / "ctx")
-                                   if (folder / "ctx").is_dir() else _tree_bytes(folder)}
+        out[key] = rec | {"tokens": tokens, "slices": slices, "vocab": vocab, "weights_count": weights,
+                          "qdq_bytes": _tree_bytes(folder) - _tree_bytes(folder / "ctx")
+                          if (folder / "ctx").is_dir() else _tree_bytes(folder),
+                          "host_cpu": host_cpu_seconds(folder / "lm_head.onnx", tokens, cfg["hidden_size"])}
         data = load_results()
-        data.setdefault("gemma2b_lm_head", {})[f"n{tokens}"] = out[f"n{tokens}"]
+        data.setdefault("gemma2b_lm_head", {})[key] = out[key]
         RESULTS.mkdir(parents=True, exist_ok=True)
         (RESULTS / "real_size.json").write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     return out
@@ -507,7 +533,11 @@ def render_table(data: dict[str, Any]) -> str:
         for h in head.values():
             cov = h.get("coverage")
             bpw = (h.get("weights") or {}).get("bytes_per_weight")
-            notes.append(f"- N = {h['tokens']}: {_stage_cell(h)}"
+            part = "" if h.get("slices", 1) == 1 else f", one of {h['slices']} slices (`[2304, {h['vocab']}]`)"
+            cpu = h.get("host_cpu") or {}
+            notes.append(f"- N = {h['tokens']}{part}: compile {_stage_cell(h)}"
+                         + (f"; on this host's CPU (ORT) {cpu['median_seconds'] * 1e3:.0f} ms per call"
+                            if cpu.get("median_seconds") is not None else "")
                          + (f"; context binary {_gib(h['context_binary_bytes'])}, {bpw:.3f} B/weight, "
                             f"{cov['htp_fraction']:.0%} on the HTP" if cov and bpw is not None else "")
                          + (f"; {h['log_tail'][-1]}" if h.get("log_tail") else ""))
@@ -548,6 +578,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--readme", action="store_true", help="also rewrite the README table")
     parser.add_argument("--lm-head-probe", action="store_true", help="compile Gemma-2-2B's 256k head alone")
     parser.add_argument("--lm-head-tokens", type=int, nargs="+", default=[1], help="its prompt lengths N")
+    parser.add_argument("--lm-head-slices", type=int, default=1,
+                        help="compile one of K equal vocabulary slices of the head instead of the whole")
     parser.add_argument("--note", help="a note kept with the component's result")
     args = parser.parse_args(argv)
     if args.lm_head_probe:

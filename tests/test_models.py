@@ -548,3 +548,29 @@ def test_stdlib_corpus_skips_tests_and_packages():
     root = Path(sysconfig.get_paths()["stdlib"])
     assert not [p for p in files if {"test", "tests", "site-packages"} & set(p.relative_to(root).parts)]
     assert files == stdlib_source_files()
+
+
+def test_calibration_sampling_in_batches_is_the_one_batch_sampling(tiny):
+    """The export makes its calibration trajectories a few prompts at a time (memory at real size): the same
+    latents and trajectory as sampling every prompt in one batch."""
+    import torch
+
+    from fraqat_deploy.models.sampler import PromptEmbeds, encode_prompts, euler_sample, sampling_noise
+    from fraqat_deploy.models.sana_graphs import _sample_in_batches
+
+    model = tiny["sana"]
+    parts = model.parts
+    prompts = ["a red square", "a blue circle", "a green line", "a dot", "a cat"]
+    cond = encode_prompts(parts["text_encoder"], parts["tokenizer"], prompts, parts["max_tokens"])
+    uncond = encode_prompts(parts["text_encoder"], parts["tokenizer"], [""], parts["max_tokens"])
+    noise = sampling_noise(len(prompts), parts["latent_shape"], torch.Generator().manual_seed(0))
+    whole = euler_sample(model.student, noise, cond,
+                         PromptEmbeds(uncond.embeds.expand(5, -1, -1), uncond.mask.expand(5, -1)),
+                         steps=parts["steps"], guidance=parts["guidance"], shift=parts["flow_shift"],
+                         timestep_scale=parts.get("timestep_scale", 1.0), return_trajectory=True)
+    parted = _sample_in_batches(model, noise, cond, uncond, batch=2)
+    torch.testing.assert_close(parted.latents, whole.latents, rtol=1e-5, atol=1e-5)
+    assert len(parted.trajectory) == len(whole.trajectory) == parts["steps"]
+    for (x, t), (x_ref, t_ref) in zip(parted.trajectory, whole.trajectory, strict=True):
+        torch.testing.assert_close(x, x_ref, rtol=1e-5, atol=1e-5)
+        assert torch.equal(t, t_ref)

@@ -10,6 +10,7 @@ from fraqat_deploy.models.base import Component, LoadedModel
 from fraqat_deploy.models.sampler import (
     NUM_TRAIN_TIMESTEPS,
     PromptEmbeds,
+    SampleResult,
     encode_prompts,
     euler_sample,
     sampling_noise,
@@ -18,6 +19,9 @@ from fraqat_deploy.models.sampler import (
 #: the additive bias of masked prompt tokens. diffusers uses -10000, which stretches the attention scores'
 #: range so far that 16 bits no longer resolve them; exp(-64) ~ 1.6e-28 gives the masked tokens the same zero weight
 MASK_BIAS = 64.0
+#: prompts sampled together while making calibration inputs (x2 with the guidance batch): at 1024 px one prompt's
+#: activations through the real Sana 600M transformer are hundreds of MB, so the export samples a few at a time
+CALIBRATION_BATCH = 2
 
 
 class TextEncoderGraph(nn.Module):
@@ -95,6 +99,26 @@ def _tokens(model: LoadedModel, prompts: list[str]) -> tuple[torch.Tensor, torch
     return t["input_ids"], t["attention_mask"]
 
 
+def _sample_in_batches(model: LoadedModel, noise: torch.Tensor, cond: PromptEmbeds, uncond: PromptEmbeds,
+                       batch: int) -> SampleResult:
+    """The FP model's sampling runs from ``noise`` (one per prompt of ``cond``), ``batch`` prompts at a time; the
+    same trajectories as one batch, with a fraction of its activation memory."""
+    parts = model.parts
+    runs = []
+    for start in range(0, noise.shape[0], batch):
+        part = slice(start, start + batch)
+        n = noise[part].shape[0]
+        runs.append(euler_sample(
+            model.student, noise[part], PromptEmbeds(cond.embeds[part], cond.mask[part]),
+            PromptEmbeds(uncond.embeds.expand(n, -1, -1), uncond.mask.expand(n, -1)),
+            steps=parts["steps"], guidance=parts["guidance"], shift=parts["flow_shift"],
+            timestep_scale=parts.get("timestep_scale", 1.0), return_trajectory=True,
+        ))
+    trajectory = [(torch.cat([r.trajectory[i][0] for r in runs]), torch.cat([r.trajectory[i][1] for r in runs]))
+                  for i in range(len(runs[0].trajectory))]
+    return SampleResult(torch.cat([r.latents for r in runs]), trajectory)
+
+
 @torch.no_grad()
 def sana_components(model: LoadedModel, student: nn.Module, prompts: list[str], *, n_calibration: int,
                     seed: int, cfg_batch: int = 2) -> list[Component]:
@@ -109,12 +133,7 @@ def sana_components(model: LoadedModel, student: nn.Module, prompts: list[str], 
     cond = encode_prompts(parts["text_encoder"], parts["tokenizer"], chosen, parts["max_tokens"])
     uncond = encode_prompts(parts["text_encoder"], parts["tokenizer"], [""], parts["max_tokens"])
     noise = sampling_noise(len(chosen), parts["latent_shape"], generator)
-    result = euler_sample(
-        model.student, noise, cond,
-        PromptEmbeds(uncond.embeds.expand(len(chosen), -1, -1), uncond.mask.expand(len(chosen), -1)),
-        steps=parts["steps"], guidance=parts["guidance"], shift=parts["flow_shift"],
-        timestep_scale=parts.get("timestep_scale", 1.0), return_trajectory=True,
-    )
+    result = _sample_in_batches(model, noise, cond, uncond, CALIBRATION_BATCH)
     graph = TransformerGraph(student)
     # one calibration example per prompt, at a step spread along the trajectory
     transformer_inputs = []
