@@ -15,6 +15,7 @@ from fraqat_deploy.models.sampler import (
     euler_sample,
     sampling_noise,
 )
+from fraqat_deploy.ui import task
 
 #: the additive bias of masked prompt tokens. diffusers uses -10000, which stretches the attention scores'
 #: range so far that 16 bits no longer resolve them; exp(-64) ~ 1.6e-28 gives the masked tokens the same zero weight
@@ -105,15 +106,17 @@ def _sample_in_batches(model: LoadedModel, noise: torch.Tensor, cond: PromptEmbe
     same trajectories as one batch, with a fraction of its activation memory."""
     parts = model.parts
     runs = []
-    for start in range(0, noise.shape[0], batch):
-        part = slice(start, start + batch)
-        n = noise[part].shape[0]
-        runs.append(euler_sample(
-            model.student, noise[part], PromptEmbeds(cond.embeds[part], cond.mask[part]),
-            PromptEmbeds(uncond.embeds.expand(n, -1, -1), uncond.mask.expand(n, -1)),
-            steps=parts["steps"], guidance=parts["guidance"], shift=parts["flow_shift"],
-            timestep_scale=parts.get("timestep_scale", 1.0), return_trajectory=True,
-        ))
+    with task("calibration inputs (FP sampling runs)", noise.shape[0]) as tick:
+        for start in range(0, noise.shape[0], batch):
+            part = slice(start, start + batch)
+            n = noise[part].shape[0]
+            runs.append(euler_sample(
+                model.student, noise[part], PromptEmbeds(cond.embeds[part], cond.mask[part]),
+                PromptEmbeds(uncond.embeds.expand(n, -1, -1), uncond.mask.expand(n, -1)),
+                steps=parts["steps"], guidance=parts["guidance"], shift=parts["flow_shift"],
+                timestep_scale=parts.get("timestep_scale", 1.0), return_trajectory=True,
+            ))
+            tick(n)
     trajectory = [(torch.cat([r.trajectory[i][0] for r in runs]), torch.cat([r.trajectory[i][1] for r in runs]))
                   for i in range(len(runs[0].trajectory))]
     return SampleResult(torch.cat([r.latents for r in runs]), trajectory)
