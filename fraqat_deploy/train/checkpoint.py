@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
@@ -40,37 +39,60 @@ def save_weights(model: nn.Module, path: Path) -> None:
     save_file(state_dict_for_save(model), str(path))
 
 
+#: safetensors dtype names -> torch dtypes (https://github.com/huggingface/safetensors, the format's header)
+_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                       "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+                       "U8": torch.uint8, "BOOL": torch.bool}
+
+
+def _safetensors_header(fh: Any) -> tuple[dict[str, Any], int]:
+    """The header of an open safetensors file (name -> dtype, shape, data_offsets) and where its data starts."""
+    size = int.from_bytes(fh.read(8), "little")
+    if not 2 <= size <= 100_000_000:
+        raise ValueError(f"header length {size} is not plausible")
+    header = json.loads(fh.read(size))
+    header.pop("__metadata__", None)
+    return header, 8 + size
+
+
 def load_weights(model: nn.Module, path: Path) -> None:
-    """Copy the weights of ``path`` into ``model``'s own tensors one at a time (a real model's checkpoint is GBs:
-    it is never held whole beside the model)."""
+    """Copy the weights of ``path`` into ``model``'s own tensors one at a time, with plain reads: a real model's
+    checkpoint is GBs, and reading it through a memory map (safetensors' own reader) kept every page read resident
+    until the end (+2.3 GB peak on Sana 600M, measured)."""
     if not path.is_file():
         raise InputError(f"no weights at {path}", "check the run folder, or train again")
     damaged = "the file is damaged: train again or resume"
     misfit = "use the same --model and model source as the run that wrote them"
     state = model.state_dict()
-    try:
-        reader = safe_open(str(path), framework="pt")
-    except Exception as e:  # safetensors raises several types for a damaged file
-        raise InputError(f"cannot read weights {path}: {e}", damaged) from None
-    with reader:
-        keys = list(reader.keys())
+    with path.open("rb") as fh:
+        try:
+            header, data_start = _safetensors_header(fh)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise InputError(f"cannot read weights {path}: {e}", damaged) from None
         # keys left out by state_dict_for_save are tied to ones that were saved
-        missing = sorted(set(state) - set(keys) - _tied_keys(model))
-        unexpected = sorted(set(keys) - set(state))
+        missing = sorted(set(state) - set(header) - _tied_keys(model))
+        unexpected = sorted(set(header) - set(state))
         if missing or unexpected:
             raise InputError(f"weights {path} do not fit the model (missing {missing[:3]}, unexpected "
                              f"{unexpected[:3]})", misfit)
         with torch.no_grad():
-            for key in keys:
+            for key, entry in header.items():
                 try:
-                    tensor = reader.get_tensor(key)
-                except Exception as e:
+                    dtype = _SAFETENSORS_DTYPES[entry["dtype"]]
+                    begin, stop = entry["data_offsets"]
+                    fh.seek(data_start + begin)
+                    buffer = bytearray(stop - begin)
+                    if fh.readinto(buffer) != len(buffer):
+                        raise ValueError("the file ends early")
+                    tensor = torch.frombuffer(buffer, dtype=dtype) if buffer else torch.empty(0, dtype=dtype)
+                    tensor = tensor.reshape(entry["shape"])
+                except (KeyError, TypeError, ValueError, RuntimeError) as e:
                     raise InputError(f"cannot read weights {path} ({key}): {e}", damaged) from None
                 if tensor.shape != state[key].shape:
                     raise InputError(f"weights {path} do not fit the model ({key}: {tuple(tensor.shape)} in the "
                                      f"file, {tuple(state[key].shape)} in the model)", misfit)
                 state[key].copy_(tensor)
-                del tensor
+                del tensor, buffer
 
 
 def _tied_keys(model: nn.Module) -> set[str]:
