@@ -265,9 +265,11 @@ def compile_facts(run: Path, component: str, target: str) -> dict[str, Any]:
 # -- Gemma-2-2B's 256k vocabulary head on the HTP -----------------------------------------------------------------
 
 def lm_head_graph(path: Path, tokens: int, vocab: int, hidden: int, seed: int) -> int:
-    """The LLM's head as the export writes it: uint8 hidden state -> MatMul with INT4 per-channel weights
-    (random codes, packed two per byte straight from random bytes) -> uint16 logits ``[1, tokens, vocab]``.
-    Returns the weight count."""
+    """The LLM's head as the export writes it: uint16 hidden state ``[N, hidden]`` (the last layer keeps 16-bit
+    activations) -> Gemm (``transB=1``) with INT4 per-output-channel weights ``[vocab, hidden]`` (axis 0; random
+    codes, packed two per byte straight from random bytes) -> uint16 logits ``[N, vocab]``. Returns the weight
+    count. (With a uint8 input and uint16 output the HTP refuses the INT4 weight's DequantizeLinear, which falls
+    back to the CPU: the export converts the input to 16 bits first.)"""
     import numpy as np
     from onnx import TensorProto, helper, numpy_helper
 
@@ -277,26 +279,26 @@ def lm_head_graph(path: Path, tokens: int, vocab: int, hidden: int, seed: int) -
     rng = np.random.default_rng(seed)
     packed = rng.integers(0, 256, size=hidden * vocab // 2, dtype=np.uint8).tobytes()
     inits = [
-        helper.make_tensor("w_int", TensorProto.INT4, [hidden, vocab], packed, raw=True),
+        helper.make_tensor("w_int", TensorProto.INT4, [vocab, hidden], packed, raw=True),
         numpy_helper.from_array((rng.random(vocab, dtype=np.float32) * 0.02 + 0.01), "w_scale"),
-        helper.make_tensor("w_zp", TensorProto.INT4, [vocab], bytes(vocab // 2), raw=True),
-        numpy_helper.from_array(np.array(0.05, np.float32), "x_scale"),
-        numpy_helper.from_array(np.array(128, np.uint8), "x_zp"),
+        helper.make_tensor("w_zp", TensorProto.INT4, [vocab], bytes((vocab + 1) // 2), raw=True),
+        numpy_helper.from_array(np.array(8.0 / 32768, np.float32), "x_scale"),
+        numpy_helper.from_array(np.array(32768, np.uint16), "x_zp"),
         numpy_helper.from_array(np.array(30.0 / 32768, np.float32), "y_scale"),
         numpy_helper.from_array(np.array(32768, np.uint16), "y_zp"),
     ]
     del packed
     nodes = [
-        helper.make_node("QuantizeLinear", ["hidden", "x_scale", "x_zp"], ["x_q"]),
-        helper.make_node("DequantizeLinear", ["x_q", "x_scale", "x_zp"], ["x_dq"]),
-        helper.make_node("DequantizeLinear", ["w_int", "w_scale", "w_zp"], ["w_dq"], axis=1),
-        helper.make_node("MatMul", ["x_dq", "w_dq"], ["logits_f"]),
-        helper.make_node("QuantizeLinear", ["logits_f", "y_scale", "y_zp"], ["y_q"]),
-        helper.make_node("DequantizeLinear", ["y_q", "y_scale", "y_zp"], ["logits"]),
+        helper.make_node("QuantizeLinear", ["hidden", "x_scale", "x_zp"], ["x_q"], name="x_Q"),
+        helper.make_node("DequantizeLinear", ["x_q", "x_scale", "x_zp"], ["x_dq"], name="x_DQ"),
+        helper.make_node("DequantizeLinear", ["w_int", "w_scale", "w_zp"], ["w_dq"], axis=0, name="w_DQ"),
+        helper.make_node("Gemm", ["x_dq", "w_dq"], ["logits_f"], transB=1, name="lm_head"),
+        helper.make_node("QuantizeLinear", ["logits_f", "y_scale", "y_zp"], ["y_q"], name="y_Q"),
+        helper.make_node("DequantizeLinear", ["y_q", "y_scale", "y_zp"], ["logits"], name="y_DQ"),
     ]
     graph = helper.make_graph(nodes, "lm_head", [helper.make_tensor_value_info("hidden", TensorProto.FLOAT,
-                                                                             [1, tokens, hidden])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, tokens, vocab])], inits)
+                                                                             [tokens, hidden])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [tokens, vocab])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
     model.ir_version = 10
     save_model(model, path, check=True, keep=False)
@@ -311,7 +313,7 @@ def host_cpu_seconds(path: Path, tokens: int, hidden: int, repeats: int = 5) -> 
     from fraqat_deploy.compile.htp import cpu_session
 
     session = cpu_session(path)
-    feed = {"hidden": np.random.default_rng(0).standard_normal((1, tokens, hidden)).astype(np.float32)}
+    feed = {"hidden": np.random.default_rng(0).standard_normal((tokens, hidden)).astype(np.float32)}
     session.run(None, feed)  # warm-up
     times = []
     for _ in range(repeats):
@@ -528,8 +530,8 @@ def render_table(data: dict[str, Any]) -> str:
     head = data.get("gemma2b_lm_head", {})
     if head:
         notes.append("")
-        notes.append("Gemma-2-2B's head alone (`--lm-head-probe`: `[1, N, 2304] x [2304, 256000]`, INT4 per channel, "
-                     "uint16 logits), compiled for the target:")
+        notes.append("Gemma-2-2B's head alone (`--lm-head-probe`: `[N, 2304] x [256000, 2304]^T` as the export writes a "
+                     "Linear, INT4 per channel, uint16 logits), compiled for the target:")
         for h in head.values():
             cov = h.get("coverage")
             bpw = (h.get("weights") or {}).get("bytes_per_weight")
