@@ -530,8 +530,8 @@ def render_table(data: dict[str, Any]) -> str:
     head = data.get("gemma2b_lm_head", {})
     if head:
         notes.append("")
-        notes.append("Gemma-2-2B's head alone (`--lm-head-probe`: `[N, 2304] x [256000, 2304]^T` as the export writes a "
-                     "Linear, INT4 per channel, uint16 logits), compiled for the target:")
+        notes.append("Gemma-2-2B's head alone (`--lm-head-probe`: `[N, 2304] x [256000, 2304]^T` as the export "
+                     "writes a Linear, INT4 per channel, uint16 in and out), compiled for the target:")
         for h in head.values():
             cov = h.get("coverage")
             bpw = (h.get("weights") or {}).get("bytes_per_weight")
