@@ -131,19 +131,27 @@ def test_compile_for_s25u_and_htp_parity(exported: Path):
         == {k: v for k, v in mtimes.items() if not k.endswith(".json")}
 
 
-def test_a_graph_over_the_protobuf_limit_uses_external_data(exported: Path, tmp_path: Path, monkeypatch):
+def test_a_graph_over_the_protobuf_limit_uses_external_data(exported: Path, tmp_path: Path, monkeypatch, capsys):
     """With the 2 GB limit lowered to nothing, every graph of the export goes through the external-data path a real
-    Sana takes (float graph, calibration probe, Q/DQ graph, checker, compile, HTP parity) and comes out the same."""
+    Sana takes (float graph, calibration probe, Q/DQ graph, checker, compile, HTP parity) and comes out the same;
+    its progress line names each step (minutes each at real size)."""
     import shutil
 
-    from fraqat_deploy import onnx_io
+    from fraqat_deploy import onnx_io, ui
     from fraqat_deploy.export import export_run
+
+    monkeypatch.setattr(ui, "LOG_PERIOD_S", 0.0)
+    monkeypatch.setitem(ui._settings, "log_progress", True)
 
     run = tmp_path / "big"
     shutil.copytree(exported, run, ignore=shutil.ignore_patterns("export", "compile", "bench"))
     monkeypatch.setattr(onnx_io, "EXTERNAL_DATA_BYTES", 1)
     monkeypatch.setattr(onnx_io, "STREAM_BYTES", 1)  # and the streaming export a real Sana takes
     export_run(run, "sana", components=["transformer"])
+    log = capsys.readouterr().err
+    for what in ("calibration inputs (FP sampling runs)", "transformer: float graph",
+                 "transformer: fake-quant reference", "transformer: Q/DQ graph", "transformer: CPU parity"):
+        assert what in log, (what, log)
     out = run / "export"
     for name in ("transformer.onnx", "transformer.float.onnx"):
         assert (out / f"{name}.data").stat().st_size > 0, name
@@ -319,3 +327,20 @@ def test_parity_rows_chooses_or_skips_the_simulator_run(digits_run: Path):
     assert json.loads((digits_run / "run.json").read_text())["stages"]["compile/s25u"]["status"] == "done"
     negative = runner.invoke(app, ["compile", "digits", "--run", str(digits_run), "--parity-rows", "-1"])
     assert negative.exit_code != 0 and "--parity-rows" in negative.output
+
+
+def test_calib_samples_sets_the_calibration_inputs(exported: Path, tmp_path: Path):
+    """`export --calib-samples N` makes N calibration inputs (the FP model's own runs; fewer is faster at real
+    size) and records the count."""
+    import shutil
+
+    run = tmp_path / "few"
+    shutil.copytree(exported, run, ignore=shutil.ignore_patterns("export", "compile", "bench"))
+    result = runner.invoke(app, ["export", "sana", "--run", str(run), "--component", "vae_decoder",
+                                 "--calib-samples", "3"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((run / "export" / "export.json").read_text())["calibration_inputs"] == 3
+    with np.load(run / "export" / "vae_decoder.inputs.npz") as rows:
+        assert sorted({k.split("/")[0] for k in rows.files}) == ["0", "1", "2"]
+    zero = runner.invoke(app, ["export", "sana", "--run", str(run), "--calib-samples", "0"])
+    assert zero.exit_code != 0 and "--calib-samples" in zero.output

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -169,11 +170,13 @@ def _shares_parameters(module: torch.nn.Module, others: list[torch.nn.Module]) -
     return any(p.data_ptr() in mine for other in others for p in other.parameters())
 
 
-def export_component(component: Component, out: Path, *, owned: bool = False) -> dict[str, Any]:
+def export_component(component: Component, out: Path, *, owned: bool = False,
+                     step: Callable[[str], None] | None = None) -> dict[str, Any]:
     """One component: HTP forms, the rule's weights, float export, Q/DQ, parity. Returns its record.
 
     ``owned``: the export may change ``component.module`` and frees its quantized layers' float weights as their
-    integer form is taken (no copy of the module is made); otherwise it works on a copy.
+    integer form is taken (no copy of the module is made); otherwise it works on a copy. ``step`` hears the name of
+    each step as it starts (minutes each at real size: the progress line shows them).
 
     Memory, in order (a big model never holds two copies of its float weights): the float graph is written with
     its weights in external data straight from the exporter and read back without them; the fake-quant reference
@@ -181,7 +184,9 @@ def export_component(component: Component, out: Path, *, owned: bool = False) ->
     the file when it needs it and drops each layer's float weight once its integer form is taken; calibration
     reduces every tensor to its min / max as it is produced (see ``calibrate_ranges``)."""
     started = time.perf_counter()
+    step = step or (lambda _: None)
     return_big_blocks()
+    step("float graph")
     module = (component.module if owned else copy.deepcopy(component.module)).eval()
     forms = htp_forms(module)
     apply_rule_to_weights(module)
@@ -195,6 +200,7 @@ def export_component(component: Component, out: Path, *, owned: bool = False) ->
     float_model = export_float(work, float_path)
     save_inputs(component, out / f"{component.name}.inputs.npz")
 
+    step("fake-quant reference and its noise floor")
     for layer in layers.values():
         layer.mode = "frozen"  # the fake-quant reference: same weights, trained activation encodings
     with torch.no_grad():
@@ -202,6 +208,7 @@ def export_component(component: Component, out: Path, *, owned: bool = False) ->
     refs = [r.detach().float().cpu().numpy() for r in ([ref] if isinstance(ref, torch.Tensor) else list(ref))]
     floors = reference_floor(module, work.sample, layers, [torch.from_numpy(r) for r in refs])
     del ref
+    step("Q/DQ graph (calibration probe)")
     streamed = data_file(float_path).is_file()  # a big float graph: the Q/DQ one is written as it is built too
     qdq_model, report = build_qdq(float_model, module, work.input_names, work.calibration,
                                   base_dir=float_path.parent, release=owned,
@@ -214,6 +221,7 @@ def export_component(component: Component, out: Path, *, owned: bool = False) ->
         raise ConfigError(f"the Q/DQ graph of '{component.name}' is invalid: {str(e).splitlines()[0]}",
                           "report this export as a bug") from None
     del qdq_model
+    step("CPU parity")
     session = cpu_session(qdq_path)
     feed = {n: t.detach().cpu().numpy() for n, t in zip(work.input_names, work.sample, strict=True)}
     outputs = session.run(work.output_names, feed)
@@ -256,7 +264,9 @@ def export_run(run: Path, model: str | None = None, *, components: list[str] | N
             component = pending.pop(0)
             tick(0, info=component.name)
             owned = not _shares_parameters(component.module, [c.module for c in pending])
-            records[component.name] = export_component(component, out, owned=owned)
+            records[component.name] = export_component(
+                component, out, owned=owned,
+                step=lambda what, name=component.name: tick(0, info=f"{name}: {what}"))
             tick(info=f"{component.name} done")
             del component
     parity = {name: rec["parity"] for name, rec in records.items()}
