@@ -334,15 +334,25 @@ def lm_head_probe(work: Path, args: argparse.Namespace) -> dict[str, Any]:
     if cfg["vocab_size"] % slices:
         raise SystemExit(f"--lm-head-slices {slices} does not divide the vocabulary {cfg['vocab_size']}")
     vocab = cfg["vocab_size"] // slices
+    (work / "logs").mkdir(parents=True, exist_ok=True)
     for tokens in args.lm_head_tokens:
         key = f"n{tokens}" if slices == 1 else f"n{tokens}-slice{slices}"
         folder = work / "gemma2b" / "lm_head" / key
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
         weights = lm_head_graph(folder / "lm_head.onnx", tokens, vocab, cfg["hidden_size"], args.seed)
-        code = (f"import json; from fraqat_deploy.compile.local import compile_onnx; "
+        # compile, then one call on the host HTP simulator against the CPU Q/DQ model (does it run, and right)
+        code = (f"import json, numpy as np; from fraqat_deploy.compile.local import compile_onnx, htp_parity; "
                 f"r = compile_onnx({str(folder / 'lm_head.onnx')!r}, {str(folder / 'ctx')!r}, {args.target!r}); "
-                f"print(json.dumps({{k: r[k] for k in ('context_binary_bytes', 'coverage', 'weights', 'seconds')}}))")
+                f"out = {{k: r[k] for k in ('context_binary_bytes', 'coverage', 'weights', 'seconds')}}; "
+                f"print(json.dumps(out), flush=True); "
+                f"feed = {{'hidden': np.random.default_rng(0).standard_normal(({tokens}, {cfg['hidden_size']}))"
+                f".astype(np.float32)}}; "
+                f"p = htp_parity({str(folder / 'ctx')!r} + '/' + r['ctx_onnx'], {str(folder / 'lm_head.onnx')!r}, "
+                f"feed, target={args.target!r}); "
+                f"o = p['outputs']['logits']; "
+                f"out['htp_run'] = {{'passed': o['passed'], 'rel': o['rel'], 'why': o['why'], "
+                f"'simulator_seconds': p['simulator_seconds']}}; print(json.dumps(out))")
         rec = run_measured([sys.executable, "-c", code], work / "logs" / f"lm_head-{key}.log",
                            timeout=args.compile_timeout)
         lines = (work / "logs" / f"lm_head-{key}.log").read_text().strip().splitlines()
@@ -542,6 +552,9 @@ def render_table(data: dict[str, Any]) -> str:
                             if cpu.get("median_seconds") is not None else "")
                          + (f"; context binary {_gib(h['context_binary_bytes'])}, {bpw:.3f} B/weight, "
                             f"{cov['htp_fraction']:.0%} on the HTP" if cov and bpw is not None else "")
+                         + (f"; runs on the HTP simulator ({h['htp_run']['simulator_seconds']:.0f} s there), "
+                            f"{'within' if h['htp_run']['passed'] else 'NOT within'} HTP parity of the CPU Q/DQ model "
+                            f"({h['htp_run']['why']})" if h.get("htp_run") else "")
                          + (f"; {h['log_tail'][-1]}" if h.get("log_tail") else ""))
     return "\n".join(lines + [""] + notes) + "\n"
 
