@@ -201,11 +201,28 @@ def test_compile_for_s25u_all_on_the_htp_and_greedy_on_the_simulator(run: Path):
     htp = session_runner({c: htp_session(out / f"{c}_ctx.onnx", get_target("s25u"), allow_cpu_fallback=True)
                           for c in ("prefill", "decode")})
     tokenizer = get_adapter("tiny-gemma").load().parts["tokenizer"]
+    def logged(run, log):  # keeps each call's logits
+        def call(component, feed):
+            out = run(component, feed)
+            log.append((component, out["logits"]))
+            return out
+        return call
+
     for prompt in PROMPTS:
         ids = tokenizer(prompt)["input_ids"]
-        on_cpu = greedy_decode(cpu, spec, ids, max_new_tokens=6)
-        on_htp = greedy_decode(htp, spec, ids, max_new_tokens=6)
-        assert len(on_cpu) == len(on_htp) == 6 and on_cpu[0] == on_htp[0], prompt
+        cpu_log, htp_log = [], []
+        on_cpu = greedy_decode(logged(cpu, cpu_log), spec, ids, max_new_tokens=6)
+        on_htp = greedy_decode(logged(htp, htp_log), spec, ids, max_new_tokens=6)
+        assert len(on_cpu) == len(on_htp) == 6, prompt
+        if on_cpu[0] != on_htp[0]:
+            # the same prompt calls until the first token: a different first token is allowed only for a near tie,
+            # the CPU's winner ahead of the HTP's by no more than twice the HTP's largest logit error there
+            k = max(0, len(ids) - spec.prompt_length)
+            (name, cpu_logits), (_, htp_logits) = cpu_log[k], htp_log[k]
+            pos = min(len(ids), spec.prompt_length) - 1 if name == "prefill" else -1
+            row, hrow = cpu_logits[0, pos], htp_logits[0, pos]
+            margin = float(row[on_cpu[0]] - row[on_htp[0]])
+            assert margin <= 2 * float(np.abs(row - hrow).max()), (prompt, on_cpu[0], on_htp[0], margin)
 
 
 def test_bench_on_the_simulator(run: Path):
