@@ -44,9 +44,9 @@ def worst_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return merged
 
 
-def skipped_parity(rows: int) -> dict[str, Any]:
+def skipped_parity() -> dict[str, Any]:
     """The parity record of a component whose HTP parity was not run (``--parity-rows 0``)."""
-    return {"skipped": True, "passed": None, "outputs": {}, "rows": rows,
+    return {"skipped": True, "passed": None, "outputs": {}, "rows": 0,
             "reason": "not run: --parity-rows 0 (the HTP simulator emulates the NPU on the host; a real-size "
                       "component takes hours there)"}
 
@@ -82,7 +82,7 @@ def compile_run(run: Path, device: str, *, allow_cpu_fallback: bool = False, com
                 rows = [htp_parity(out / f"{Path(info['onnx']).stem}_ctx.onnx", export_dir / info["onnx"], inputs,
                                    target=target, float_onnx=float_onnx)
                         for inputs in (input_rows(export_dir / info["inputs"], parity_rows) if parity_rows else [])]
-                parity[name] = worst_row(rows) if rows else skipped_parity(0)
+                parity[name] = worst_row(rows) if rows else skipped_parity()
                 tick(info=f"{name} done")
     except Exception:
         rd.update_stage(stage, "failed")
