@@ -1,0 +1,71 @@
+"""Sana's real VAE decoder form (DC-AE: ResBlocks, multi-scale linear-attention blocks, *interpolate* upsampling)
+at toy widths: the embedded digits model upsamples by pixel shuffle, so these paths are covered here.
+
+Found at real size: the Q/DQ pass stored a Resize's scales [1, 1, 2, 2] as 16-bit codes behind a DequantizeLinear;
+they no longer read exactly 2.0, every nearest-neighbour sample moved (export parity 44 mean steps), and the HTP
+refused the Resize and everything downstream of it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+
+from fraqat_deploy.export import export_component
+from fraqat_deploy.models.base import Component
+from fraqat_deploy.models.sana_graphs import VaeDecoderGraph
+
+#: the dc-ae-f32c32-sana-1.0 decoder's structure (benchmarks/configs/dcae_f32c32.json) at toy widths and depths
+TOY_DCAE = {
+    "in_channels": 3, "latent_channels": 8, "attention_head_dim": 8,
+    "encoder_block_types": ["ResBlock", "ResBlock", "EfficientViTBlock"],
+    "decoder_block_types": ["ResBlock", "ResBlock", "EfficientViTBlock"],
+    "encoder_block_out_channels": [8, 16, 32], "decoder_block_out_channels": [8, 16, 32],
+    "encoder_layers_per_block": [1, 1, 1], "decoder_layers_per_block": [1, 1, 1],
+    "encoder_qkv_multiscales": [[], [], [5]], "decoder_qkv_multiscales": [[], [], [5]],
+    "decoder_norm_types": "rms_norm", "decoder_act_fns": "silu",
+    "upsample_block_type": "interpolate", "downsample_block_type": "Conv", "scaling_factor": 0.41407,
+}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    from diffusers import AutoencoderDC
+
+    torch.manual_seed(0)
+    vae = AutoencoderDC(**TOY_DCAE).eval()
+    g = torch.Generator().manual_seed(1)
+    latents = [(torch.randn(1, 8, 4, 4, generator=g),) for _ in range(4)]  # 16 px images: 4x upsampling
+    out = tmp_path_factory.mktemp("vae")
+    record = export_component(Component("vae_decoder", VaeDecoderGraph(vae), ["latent"], ["image"], latents), out)
+    return out, record
+
+
+def test_interpolate_upsampling_keeps_exact_scales_and_parity(exported):
+    out, record = exported
+    model = onnx.load(str(out / record["onnx"]))
+    inits = {i.name: i for i in model.graph.initializer}
+    resizes = [n for n in model.graph.node if n.op_type == "Resize"]
+    assert resizes, "the toy decoder must upsample by interpolation"
+    for node in resizes:
+        assert node.input[2] in inits, f"{node.name}: scales must stay a float initializer, got {node.input[2]}"
+        np.testing.assert_array_equal(numpy_helper.to_array(inits[node.input[2]]), [1, 1, 2, 2])
+    image = record["parity"]["image"]
+    assert image["passed"], image
+    assert image["mean_steps"] < 1.0, image
+
+
+def test_the_decoder_compiles_all_on_the_htp_within_parity(exported, tmp_path: Path):
+    from fraqat_deploy.compile.local import compile_onnx, htp_parity
+    from fraqat_deploy.export import load_inputs
+
+    out, record = exported
+    # compile_onnx refuses any CPU fallback beyond the graph's boundary conversions
+    compiled = compile_onnx(out / record["onnx"], tmp_path, "s25u")
+    assert not compiled.get("fallback"), compiled.get("fallback")
+    parity = htp_parity(tmp_path / "vae_decoder_ctx.onnx", out / record["onnx"], load_inputs(out / record["inputs"]))
+    assert parity["passed"], parity["outputs"]
