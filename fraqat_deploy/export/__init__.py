@@ -39,14 +39,18 @@ from torch.overrides import TorchFunctionMode
 from fraqat_deploy.compile.htp import cpu_session
 from fraqat_deploy.errors import ConfigError, InputError
 from fraqat_deploy.export.graph import OPSET, export_float
+from fraqat_deploy.export.half import HalfExport
+from fraqat_deploy.export.half import is_quiet as half_weight_in_making
 from fraqat_deploy.export.qdq import (
     FIXED_OUTPUTS,
     RULE,
+    RULE_WEIGHT_BITS,
     apply_rule_to_trained_biases,
     apply_rule_to_weights,
     build_qdq,
 )
 from fraqat_deploy.models.base import Component
+from fraqat_deploy.models.half import has_half
 from fraqat_deploy.models.htp_forms import htp_forms
 from fraqat_deploy.onnx_io import data_file, release_memory, return_big_blocks, save_model
 from fraqat_deploy.quant import quant_layers
@@ -109,7 +113,7 @@ class _Uint16Jitter(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         out = func(*args, **(kwargs or {}))
         name = getattr(func, "__name__", "")
-        if self.inside_trained or name in _DATA_MOVES:
+        if self.inside_trained or name in _DATA_MOVES or half_weight_in_making():
             return out
         if isinstance(out, torch.Tensor) and out.is_floating_point() and not isinstance(out, torch.nn.Parameter):
             return self.jitter(out, _FIXED_STEPS.get(name))
@@ -189,15 +193,24 @@ def export_component(component: Component, out: Path, *, owned: bool = False,
     step("float graph")
     module = (component.module if owned else copy.deepcopy(component.module)).eval()
     forms = htp_forms(module)
-    apply_rule_to_weights(module)
+    # 16-bit weights (a Gemma-2 checkpoint as shipped): the same Q/DQ result, computed a tensor at a time in
+    # float32, without a float32 copy of the module (export/half.py)
+    half = HalfExport(module, RULE_WEIGHT_BITS) if has_half(module) else None
+    if half is None:
+        apply_rule_to_weights(module)
     layers = quant_layers(module)
-    for layer in layers.values():
-        layer.export_form()
+    if half is None:
+        for layer in layers.values():
+            layer.export_form()
     bias_rounding = apply_rule_to_trained_biases(layers)
     work = Component(component.name, module, component.input_names, component.output_names,
                      component.calibration, component.holds_student)
     float_path, qdq_path = out / f"{component.name}.float.onnx", out / f"{component.name}.onnx"
-    float_model = export_float(work, float_path)
+    if half is None:
+        float_model = export_float(work, float_path)
+    else:
+        with half.tracing() as sources:
+            float_model = export_float(work, float_path, sources)
     save_inputs(component, out / f"{component.name}.inputs.npz")
 
     step("fake-quant reference and its noise floor")
@@ -221,6 +234,8 @@ def export_component(component: Component, out: Path, *, owned: bool = False,
         raise ConfigError(f"the Q/DQ graph of '{component.name}' is invalid: {str(e).splitlines()[0]}",
                           "report this export as a bug") from None
     del qdq_model
+    if half is not None:
+        half.close()
     step("CPU parity")
     session = cpu_session(qdq_path)
     feed = {n: t.detach().cpu().numpy() for n, t in zip(work.input_names, work.sample, strict=True)}

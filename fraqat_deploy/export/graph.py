@@ -22,6 +22,7 @@ from torch import nn
 
 from fraqat_deploy import onnx_io
 from fraqat_deploy.errors import ConfigError
+from fraqat_deploy.export.half import Source, lazy_initializers
 from fraqat_deploy.models.base import Component
 from fraqat_deploy.onnx_io import save_model
 
@@ -39,23 +40,34 @@ class LayerNode:
     channel_axis: int  # the output-channel axis of the initializer as stored
 
 
-def export_float(component: Component, path: Path) -> onnx.ModelProto:
+def export_float(component: Component, path: Path, sources: dict[str, Source] | None = None) -> onnx.ModelProto:
     """Static-shape float ONNX of ``component`` at opset 21 (weights stored as they are in the module).
 
     A module of ``onnx_io.STREAM_BYTES`` or more has its weights written by the exporter straight into
     ``<name>.onnx.data`` (no in-memory protobuf copy of them), and the graph comes back without them: its
-    tensors are read from the file (relative to ``path``'s folder) when needed."""
+    tensors are read from the file (relative to ``path``'s folder) when needed.
+
+    ``sources``: the module's parameters are placeholders (``half.HalfExport.tracing``) and each initializer's
+    float32 value is computed from its source as the graph is written; the exporter's optimizer then runs on
+    those lazy values, as ``torch.onnx.export(optimize=True)`` runs it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     stream = onnx_io.module_bytes(component.module) >= onnx_io.STREAM_BYTES
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         logging.getLogger("torch.onnx").setLevel(logging.ERROR)
         try:
+            lazy = sources is not None  # optimized and named below, in the exporter's order, on lazy values
             program = torch.onnx.export(
                 component.module.eval(), component.sample, dynamo=True, opset_version=OPSET,
-                input_names=component.input_names, output_names=component.output_names, external_data=False,
-                optimize=True, verbose=False,
+                input_names=None if lazy else component.input_names,
+                output_names=None if lazy else component.output_names, external_data=False,
+                optimize=not lazy, verbose=False,
             )
+            if lazy:
+                lazy_initializers(program.model, sources)
+                program.optimize()
+                _rename(program.model.graph.inputs, component.input_names)
+                _rename(program.model.graph.outputs, component.output_names)
         except Exception as e:  # the exporter raises many types; the user needs the op and the component
             raise ConfigError(f"cannot export component '{component.name}' to ONNX: {str(e).splitlines()[0]}",
                               "rerun with --debug for the exporter's report") from e
@@ -75,6 +87,13 @@ def export_float(component: Component, path: Path) -> onnx.ModelProto:
     else:
         save_model(model, path)
     return model
+
+
+def _rename(values, names: list[str]) -> None:  # type: ignore[no-untyped-def]
+    """Name the graph's inputs or outputs as ``torch.onnx.export(input_names=..., output_names=...)`` does."""
+    for value, name in zip(values, names, strict=False):
+        value.metadata_props["pkg.torch.onnx.original_node_name"] = str(value.name)
+        value.name = name
 
 
 def _square_instead_of_pow(model: onnx.ModelProto, base_dir: Path) -> None:

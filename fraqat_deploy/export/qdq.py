@@ -515,7 +515,9 @@ def _write_weights(b: _Builder, g: onnx.GraphProto, by_node: dict[str, tuple[str
             q = q.numpy()
             dtype = _int_type(int(q.min()), int(q.max()))
         else:
-            q_t, scale, _ = quantize_weight(layer.weight, RULE_WEIGHT_BITS, "narrow", "channel")
+            codes = getattr(layer, "rule_codes", None)  # a 16-bit module's (export/half.py)
+            q_t, scale = codes if codes is not None else \
+                quantize_weight(layer.weight, RULE_WEIGHT_BITS, "narrow", "channel")[:2]
             q, dtype = q_t.to(torch.int32).numpy(), TensorProto.INT8
         scale_np = scale.detach().float().numpy().reshape(-1)
         stored = _stored(q, ln, value.shape)
@@ -559,6 +561,8 @@ def _release_weight(layer: nn.Module) -> None:
     _free(layer.weight)
     if getattr(layer, "frozen", None) is not None:
         layer.frozen = None  # type: ignore[assignment]
+    if getattr(layer, "rule_codes", None) is not None:
+        layer.rule_codes = None  # type: ignore[assignment]
 
 
 def _bcast(scale: np.ndarray, axis: int, ndim: int) -> np.ndarray:

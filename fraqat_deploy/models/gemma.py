@@ -28,6 +28,7 @@ from fraqat_deploy.models.base import (
     write_settings,
 )
 from fraqat_deploy.models.gemma_graphs import default_context, gemma_components, graph_spec
+from fraqat_deploy.models.half import checkpoint_dtype, keep_half
 from fraqat_deploy.models.tokenizers import BOS_ID, EOS_ID, PAD_ID, build_byte_tokenizer
 
 HUB_EXAMPLE = "google/gemma-2-2b-it"
@@ -113,7 +114,9 @@ class GemmaAdapter(ModelAdapter):
             _check_gemma2_folder(Path(where), source)
         try:
             tokenizer = AutoTokenizer.from_pretrained(where)
-            model = Gemma2ForCausalLM.from_pretrained(where, dtype=torch.float32, attn_implementation="eager")
+            # a 16-bit checkpoint stays 16-bit in memory and computes in float32 (models/half.py)
+            model = keep_half(Gemma2ForCausalLM.from_pretrained(where, dtype=checkpoint_dtype(where, local),
+                                                                attn_implementation="eager"))
         except (OSError, ValueError) as err:
             where_hint = "the folder's files" if local else "the hub id, your network and HF token"
             raise InputError(

@@ -27,6 +27,7 @@ from fraqat_deploy.models.base import (
     split_rows,
     write_settings,
 )
+from fraqat_deploy.models.half import checkpoint_dtype, keep_half
 from fraqat_deploy.models.sampler import (
     NUM_TRAIN_TIMESTEPS,
     PromptEmbeds,
@@ -186,9 +187,12 @@ class SanaAdapter(ModelAdapter):
             )
         try:
             tokenizer = AutoTokenizer.from_pretrained(where, subfolder="tokenizer")
-            text_encoder = Gemma2Model.from_pretrained(
-                where, subfolder="text_encoder", dtype=torch.float32, attn_implementation="eager"
-            )
+            # a 16-bit text encoder (Sana ships Gemma-2 in bfloat16) stays 16-bit in memory and computes in float32
+            # (models/half.py): the same prompt embeddings as a float32 load, at half its memory
+            text_encoder = keep_half(Gemma2Model.from_pretrained(
+                where, subfolder="text_encoder", dtype=checkpoint_dtype(where, local, "text_encoder"),
+                attn_implementation="eager",
+            ))
             # low_cpu_mem_usage needs accelerate, which we do not depend on
             transformer = SanaTransformer2DModel.from_pretrained(
                 where, subfolder="transformer", torch_dtype=torch.float32, low_cpu_mem_usage=False
