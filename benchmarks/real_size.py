@@ -22,6 +22,7 @@ Results: ``benchmarks/results/real_size.json`` (merged per model/component/stage
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -29,6 +30,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +85,18 @@ def _stand_in_vae(latent_channels: int) -> dict[str, Any]:
             "encoder_qkv_multiscales": [[], [], []], "decoder_qkv_multiscales": [[], [], []]}
 
 
+@contextlib.contextmanager
+def _default_dtype(dtype: Any) -> Iterator[None]:
+    import torch
+
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(before)
+
+
 def build_sana_folder(component: str, folder: Path, seed: int) -> dict[str, Any]:
     """A diffusers Sana pipeline folder with ``component`` real (seeded random weights) and stand-ins around it,
     saved one part at a time so that only one real part is in memory."""
@@ -113,10 +127,12 @@ def build_sana_folder(component: str, folder: Path, seed: int) -> dict[str, Any]
     # one seed per part; each part is saved and freed before the next is built
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        # the real Sana text encoder ships in bf16: built and saved so, which also halves the folder
+        # the real Sana text encoder ships in bf16: built (straight in bf16, no fp32 copy on the way) and saved so;
+        # the toolkit loads it as bf16 (models/half.py)
         dtype = torch.bfloat16 if component == "text_encoder" else torch.float32
-        te = Gemma2Model(Gemma2Config(pad_token_id=PAD_ID, eos_token_id=EOS_ID, bos_token_id=BOS_ID,
-                                      attn_implementation="eager", **text_cfg)).to(dtype)
+        with _default_dtype(dtype):
+            te = Gemma2Model(Gemma2Config(pad_token_id=PAD_ID, eos_token_id=EOS_ID, bos_token_id=BOS_ID,
+                                          attn_implementation="eager", **text_cfg))
         params["text_encoder"] = sum(p.numel() for p in te.parameters())
         te.save_pretrained(folder / "text_encoder", safe_serialization=True, max_shard_size="2GB")
         del te
@@ -152,9 +168,9 @@ def build_gemma_folder(folder: Path, seed: int) -> dict[str, Any]:
     folder.mkdir(parents=True, exist_ok=True)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = Gemma2ForCausalLM(Gemma2Config(pad_token_id=PAD_ID, eos_token_id=EOS_ID, bos_token_id=BOS_ID,
-                                               attn_implementation="eager", **load_config("gemma2_2b")))
-        model = model.to(torch.bfloat16)
+        with _default_dtype(torch.bfloat16):  # built straight in bf16: no 10.5 GB fp32 copy on the way
+            model = Gemma2ForCausalLM(Gemma2Config(pad_token_id=PAD_ID, eos_token_id=EOS_ID, bos_token_id=BOS_ID,
+                                                   attn_implementation="eager", **load_config("gemma2_2b")))
         n = sum(p.numel() for p in model.parameters())
         model.save_pretrained(folder, safe_serialization=True, max_shard_size="2GB")
     tokenizer.save_pretrained(folder)
