@@ -484,6 +484,10 @@ def compare_cmd(
                                                              "Default: the baselines the run records.")] = None,
     prompt: Annotated[Optional[list[str]], typer.Option(help="Prompts (default: the model's own set).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the host-generated images.")] = 0,
+    images_per_prompt: Annotated[int, typer.Option(help="Image models: draw every prompt with this many seeds "
+                                                   "(seed, seed+1, ...); 50 gives digits-FD over 500 images.")] = 1,
+    onnx_cpu: Annotated[bool, typer.Option(help="Also score the exported Q/DQ graphs on ONNX Runtime's CPU "
+                                           "(the slowest source).")] = True,
     lpips_weights: Annotated[Optional[Path], typer.Option(help="Local LPIPS weights (else LPIPS is unavailable).")]
     = None,
     inception_weights: Annotated[Optional[Path], typer.Option(help="Local Inception TorchScript for FID.")] = None,
@@ -499,10 +503,12 @@ def compare_cmd(
     baselines = list(baseline or [run / b for b in RunDir(run).manifest().get("baselines", [])])
     with _stage_guard(run, "compare"):
         metrics = compare_run(run, baselines, prompts=list(prompt) if prompt else None, seed=seed,
-                              lpips_weights=lpips_weights, inception_weights=inception_weights,
-                              clip_weights=clip_weights)
+                              images_per_prompt=images_per_prompt, onnx_cpu=onnx_cpu, lpips_weights=lpips_weights,
+                              inception_weights=inception_weights, clip_weights=clip_weights)
     header, rows = summary_rows(metrics)
-    table = Table(title=f"{metrics['model']}: every source against the FP model ({len(metrics['prompts'])} prompts)")
+    per = metrics.get("images_per_prompt", 1)
+    table = Table(title=f"{metrics['model']}: every source against the FP model ({len(metrics['prompts'])} prompts"
+                        + (f" x {per} seeds)" if per > 1 else ")"))
     for col in header:
         table.add_column(str(col))
     for row in rows:

@@ -325,6 +325,47 @@ def test_learned_metrics_load_only_the_given_weights(runs, run_copy, tmp_path):
         compare_run(run, onnx_cpu=False, prompts=SIM_PROMPTS, clip_weights=tmp_path)
 
 
+def test_images_per_prompt_draws_every_prompt_with_that_many_seeds(tmp_path):
+    """compare --images-per-prompt N: digits-FD and prompt accuracy over prompts x N images (seeds seed..seed+N-1),
+    the first len(prompts) pairs being those of one image per prompt."""
+    from typer.testing import CliRunner
+
+    from fraqat_deploy.cli import app
+    from fraqat_deploy.train import TrainConfig, train
+    from fraqat_deploy.train.load import load_trained
+
+    run = tmp_path / "ptq"
+    train(TrainConfig(model="digits", out=run, schedule="ptq", n_train=8, n_val=4, calib_samples=4),
+          show_progress=False)
+    one = compare_run(run, prompts=SIM_PROMPTS, seed=5)
+    first = {s["key"]: [load_png(run / "compare" / o["image"]) for o in s["outputs"]] for s in one["sources"]}
+    result = CliRunner().invoke(app, ["compare", "--run", str(run), "--seed", "5", "--images-per-prompt", "3",
+                                      "--no-onnx-cpu", *[a for p in SIM_PROMPTS for a in ("--prompt", p)]])
+    assert result.exit_code == 0, result.output
+    assert "2 prompts x 3 seeds" in result.output
+    metrics = json.loads((run / "compare" / "metrics.json").read_text())
+    assert metrics["images_per_prompt"] == 3 and metrics["prompts"] == SIM_PROMPTS
+    pairs = [(p, s) for s in (5, 6, 7) for p in SIM_PROMPTS]
+    for source in metrics["sources"]:
+        assert [(o["prompt"], o["seed"]) for o in source["outputs"]] == pairs
+        assert source["summary"]["n"] == 6 and source["summary"]["digit_prompts"] == 6
+        images = [load_png(run / "compare" / o["image"]) for o in source["outputs"]]
+        for a, b in zip(images[:2], first[source["key"]], strict=True):  # seed 5 as with one image per prompt
+            np.testing.assert_array_equal(a, b)
+        assert not np.array_equal(images[0], images[2])  # another seed draws another image
+    fq = {s["key"]: s for s in metrics["sources"]}["fake_quant"]["summary"]
+    assert fq["digits_fd"] is not None and len(fq["digits_fd_interval"]) == 2
+    # the FP image of (prompt, seed 7) is the FP model's own draw for that seed
+    trained = load_trained(run)
+    seven = trained.adapter.generate(trained.fp, [SIM_PROMPTS[1]], seed=7)[0]
+    fp_seven = load_png(run / "compare" / metrics["references"][5]["image"])
+    np.testing.assert_array_equal(fp_seven, (seven.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round()
+                                  .astype(np.uint8))
+    assert metrics["references"][5]["seed"] == 7 and metrics["references"][5]["prompt"] == SIM_PROMPTS[1]
+    with pytest.raises(InputError, match="at least 1"):
+        compare_run(run, images_per_prompt=0)
+
+
 # ---------------------------------------------------------------- errors
 
 
@@ -390,6 +431,8 @@ def test_text_metrics_and_device_tokens_for_tiny_gemma(tmp_path):
     assert {"source": "onnx_cpu", "reason": "not exported"} in metrics["skipped"]
     header, _ = summary_rows(metrics)
     assert header == ["source", "n", "perplexity", "KL nats/token", "top-1", "greedy tokens"]
+    with pytest.raises(InputError, match="image models"):
+        compare_run(run, images_per_prompt=2)
 
     # exported: the prefill/decode graphs on ONNX Runtime's CPU provider, through the app's host-side KV-cache loop,
     # continue as the fake-quant model does (the FP model only agrees on a fraction of the tokens)

@@ -15,6 +15,7 @@ Writes ``<run>/compare/metrics.json`` and ``<run>/compare/images/<source>/<i>.pn
     kind            "image" | "text"
     reference       "fp"
     prompts         the prompts every PyTorch/ONNX source drew (devices bring their own prompts and seeds)
+    images only:    images_per_prompt: each prompt drawn with seeds seed .. seed + images_per_prompt - 1
     sources         [ {key, label, kind: fp|baseline|fake_quant|onnx_cpu|simulator|phone|ai_hub,
                        (run, schedule)            baselines and fake_quant
                        (device, bench_id, folder, runtime)   devices
@@ -80,12 +81,20 @@ def default_image_prompts() -> list[str]:
 def compare_run(run: Path | str, baselines: Sequence[Path | str] = (), *, prompts: list[str] | None = None,
                 seed: int = 0, lpips_weights: Path | None = None, inception_weights: Path | None = None,
                 clip_weights: Path | None = None, onnx_cpu: bool = True, text_rows: int = 32,
-                max_new_tokens: int = 16, on_event: Event | None = None) -> dict[str, Any]:
+                max_new_tokens: int = 16, images_per_prompt: int = 1,
+                on_event: Event | None = None) -> dict[str, Any]:
     """Compare every output of ``run`` (and of each ``baselines`` run's student) with the FP model's; write and
-    return ``run/compare/metrics.json``. ``onnx_cpu`` False skips the exported graphs on the CPU."""
+    return ``run/compare/metrics.json``. ``onnx_cpu`` False skips the exported graphs on the CPU.
+    ``images_per_prompt`` (image models): every prompt is drawn with that many noise seeds (``seed``, ``seed`` + 1,
+    ...), so digits-FD and prompt accuracy are measured over prompts x images_per_prompt images."""
     run = Path(run)
+    if images_per_prompt < 1:
+        raise InputError(f"--images-per-prompt {images_per_prompt}: must be at least 1", "pass 1 or more")
     event = on_event or (lambda kind, data: None)
     trained = _load(run)
+    if images_per_prompt != 1 and isinstance(trained.adapter, GemmaAdapter):
+        raise InputError("--images-per-prompt is for image models; a text model is scored on held-out rows",
+                         "leave --images-per-prompt out for a text model")
     baseline_runs = [Path(b) for b in baselines]
     for b in baseline_runs:
         if b.resolve() == run.resolve():
@@ -109,7 +118,7 @@ def compare_run(run: Path | str, baselines: Sequence[Path | str] = (), *, prompt
             if (out / "images").exists():
                 shutil.rmtree(out / "images")  # images of an earlier compare must not linger beside new ones
             metrics = common | ImageComparison(trained, out, seed, learned, event).run(
-                baseline_runs, prompts or default_image_prompts(), onnx_cpu)
+                baseline_runs, prompts or default_image_prompts(), onnx_cpu, images_per_prompt)
     except BaseException:
         rd.update_stage(COMPARE_DIR, "failed")
         raise
@@ -148,8 +157,10 @@ class ImageComparison:
         self.reference_images: list[np.ndarray] = []
         self.reference_entries: list[dict[str, Any]] = []
 
-    def run(self, baselines: list[Path], prompts: list[str], onnx_cpu: bool) -> dict[str, Any]:
-        pairs = [(p, self.seed) for p in prompts]
+    def run(self, baselines: list[Path], prompts: list[str], onnx_cpu: bool, images_per_prompt: int = 1
+            ) -> dict[str, Any]:
+        # seed-major: the first len(prompts) pairs are those of one image per prompt
+        pairs = [(p, self.seed + k) for k in range(images_per_prompt) for p in prompts]
         devices = device_results(self.trained.run)
         self.event("source", {"key": "fp", "label": "FP PyTorch"})
         self.reference(pairs + [(o["prompt"], int(o["seed"])) for d in devices if not d.skipped
@@ -187,7 +198,8 @@ class ImageComparison:
             else:
                 sources.append(entry)
         fp = self._fp_source([self.references[p] for p in pairs])
-        return {"kind": "image", "reference": "fp", "prompts": prompts, "digits": self.classifier is not None,
+        return {"kind": "image", "reference": "fp", "prompts": prompts, "images_per_prompt": images_per_prompt,
+                "digits": self.classifier is not None,
                 "learned_metrics": self.learned.status(), "references": self.reference_entries,
                 "sources": [fp, *sources], "skipped": skipped}
 
