@@ -33,7 +33,7 @@ def _loadavg() -> float:
     return float(Path("/proc/loadavg").read_text().split()[0]) if Path("/proc/loadavg").exists() else 0.0
 
 
-def run_once(mode: str, steps: int | None, timeout_s: float | None = None) -> dict:
+def run_once(mode: str, steps: int | None, timeout_s: float | None = None, keep: Path | None = None) -> dict:
     work = Path(tempfile.mkdtemp(prefix=f"qs-speed-{mode}-"))
     hog = subprocess.Popen([sys.executable, "-c", HOG]) if mode == "loaded" else None
     samples: list[float] = []
@@ -97,6 +97,9 @@ def run_once(mode: str, steps: int | None, timeout_s: float | None = None) -> di
         "longest_silence_s": _longest_gap(progress_lines, seconds),
         "log_tail": text.splitlines()[-3:],
     }
+    if keep and (work / "qs").is_dir():  # e.g. for benchmarks/quickstart_quality.py --run
+        shutil.move(str(work / "qs"), str(keep))
+        result["kept"] = str(keep)
     shutil.rmtree(work, ignore_errors=True)
     return result
 
@@ -137,7 +140,12 @@ def main() -> None:
     parser.add_argument("--timeout-min", type=float, default=None,
                         help="stop a run after this long and report how far it got (its last progress line)")
     parser.add_argument("--render", action="store_true", help="only rewrite the table from the saved JSON")
+    parser.add_argument("--keep", type=Path, help="keep the quick start's run folder here (one --mode only)")
     args = parser.parse_args()
+    if args.keep and args.mode == "both":
+        parser.error("--keep needs one --mode (idle or loaded)")
+    if args.keep and args.keep.exists():
+        parser.error(f"--keep {args.keep} exists: pass a new folder")
     if args.render:
         saved = json.loads((RESULTS / "quickstart_speed.json").read_text())["results"]
         (RESULTS / "quickstart_speed.md").write_text(table(saved))
@@ -147,7 +155,7 @@ def main() -> None:
     results = []
     for mode in modes:
         print(f"quick start, {mode} ...", flush=True)
-        results.append(run_once(mode, args.steps, args.timeout_min * 60 if args.timeout_min else None))
+        results.append(run_once(mode, args.steps, args.timeout_min * 60 if args.timeout_min else None, args.keep))
         print(json.dumps(results[-1], indent=1), flush=True)
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / "quickstart_speed.json"

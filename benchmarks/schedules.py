@@ -282,6 +282,19 @@ def plan(args: argparse.Namespace) -> list[dict]:
     return runs
 
 
+def _key(run: dict) -> tuple:
+    return run["model"], run["method"], run["steps"], run["seed"], run["calibration"]
+
+
+def merge(rows: list[dict], *later: list[dict]) -> list[dict]:
+    """The runs of ``rows`` and then of each ``later`` list; a run of a later list replaces the same run (model,
+    method, steps, seed, calibration) of an earlier one, in its place (e.g. a cell re-run with the current code)."""
+    merged: dict[tuple, dict] = {_key(r): r for r in rows}
+    for runs in later:
+        merged |= {_key(r): r for r in runs}
+    return list(merged.values())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--study", choices=["schedules", "calibration"], default="schedules")
@@ -303,7 +316,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--publish-only", action="store_true",
                         help="run nothing: write the tables from --resume / --include results as they are")
     parser.add_argument("--include", type=Path, nargs="+", default=[],
-                        help="result JSON files of other workers whose runs join these tables")
+                        help="result JSON files of other workers whose runs join these tables (a run in a later "
+                             "file replaces the same run of the output JSON or an earlier file)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # tiny models: threads only add overhead, and runs stay reproducible
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -316,10 +330,9 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict] = []
     if args.resume and json_path.is_file():
         rows = json.loads(json_path.read_text()).get("runs", [])
-    for extra in args.include:
-        rows += [r for r in json.loads(extra.read_text()).get("runs", []) if r not in rows]
-    done = {(r["model"], r["method"], r["steps"], r["seed"], r["calibration"]) for r in rows}
-    todo = [r for r in plan(args) if (r["model"], r["method"], r["steps"], r["seed"], r["calibration"]) not in done]
+    rows = merge(rows, *(json.loads(extra.read_text()).get("runs", []) for extra in args.include))
+    done = {_key(r) for r in rows}
+    todo = [r for r in plan(args) if _key(r) not in done]
     command = "python benchmarks/schedules.py " + " ".join(argv if argv is not None else sys.argv[1:])
     fp_cache: dict = {}
     t0 = time.time()

@@ -80,3 +80,29 @@ def test_schedule_benchmark_method_rows_train_as_named(tmp_path: Path, monkeypat
     by_method = {(c.schedule, c.act_bits, c.recalibrate_each_stage) for c in seen.values()}
     assert by_method == {("fractional", 8, False), ("fractional", 8, True), ("constant:8", 8, False)}
     assert len(seen) == 3  # each method has its own run folder
+
+
+def test_schedule_benchmark_include_replaces_the_same_run(monkeypatch):
+    """--include: a run of a later file replaces the same (model, method, steps, seed, calibration) run of the
+    output JSON or an earlier file, in its place; other runs join; nothing is counted twice."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("schedules_bench", Path(__file__).parents[1] / "benchmarks" /
+                                                  "schedules.py")
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "schedules_bench", bench)
+    spec.loader.exec_module(bench)
+
+    def run(method: str, seed: int, loss: float) -> dict:
+        return {"model": "digits", "method": method, "steps": 50, "seed": seed, "calibration": "minmax",
+                "schedule": "x", "metrics": {"val_loss": loss}}
+
+    old = [run("vQAT W4A8", 0, 1.0), run("vQAT W4A8", 1, 2.0), run("FraQAT W4A8", 0, 3.0)]
+    rerun = [run("vQAT W4A8", 1, 2.5)]
+    added = [run("integer W4A8", 0, 4.0), run("integer W4A8", 1, 5.0)]
+    merged = bench.merge(old, rerun, added)
+    assert [(r["method"], r["seed"], r["metrics"]["val_loss"]) for r in merged] == [
+        ("vQAT W4A8", 0, 1.0), ("vQAT W4A8", 1, 2.5), ("FraQAT W4A8", 0, 3.0), ("integer W4A8", 0, 4.0),
+        ("integer W4A8", 1, 5.0)]
+    cell = bench.summarize(merged)["digits"]["50"]["integer W4A8"]
+    assert cell["vs_baseline"]["val_loss"]["mean"] == (4.0 - 1.0 + 5.0 - 2.5) / 2
