@@ -138,7 +138,6 @@ def test_compare_pairs_every_source_with_the_fp_output(runs):
     run, ptq = runs
     metrics = compare_run(run, [ptq])
     assert json.loads((run / "compare" / "metrics.json").read_text()) == json.loads(json.dumps(metrics))
-    assert metrics["seconds"] < 30
     keys = [s["key"] for s in metrics["sources"]]
     assert keys == ["fp", "baseline-ptq", "fake_quant", "onnx_cpu", "sim"]
     by = {s["key"]: s for s in metrics["sources"]}
