@@ -241,6 +241,10 @@ def export_cmd(
     calib_samples: Annotated[int, typer.Option(
         min=1, help="Calibration inputs (the FP model's own runs) for the ranges of the tensors training did not "
                     "quantize; the first is also the parity sample. Fewer is faster at real size.")] = 8,
+    guidance_batch: Annotated[Optional[int], typer.Option(
+        help="Sana: rows per transformer call, 2 (the guidance batch in one call, the default) or 1 (two calls per "
+             "step: same compute, a smaller context binary, a faster compile; see the README's real-size table).")
+    ] = None,
 ) -> None:
     """Export a trained run to Q/DQ ONNX (opset 21) that reproduces its quantization; checks parity on the CPU."""
     from fraqat_deploy.export import export_run
@@ -248,7 +252,8 @@ def export_cmd(
     run = run or _newest(model, "trained", None, f"the newest trained {model} run")
 
     with _stage_guard(run, "export"):
-        manifest = export_run(run, model, components=component, n_calibration=calib_samples)
+        manifest = export_run(run, model, components=component, n_calibration=calib_samples,
+                              guidance_batch=guidance_batch)
     table = Table(title=f"export of {run}")
     for col in ("component", "trained layers", "rule layers", "parity (mean / max, 8-bit steps)", ""):
         table.add_column(col)

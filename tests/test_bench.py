@@ -220,3 +220,35 @@ def test_engine_runs_as_a_module(tmp_path: Path):
                     "--request", "runs/x/request.json"], check=True, timeout=120)
     result = json.loads((bad.parent / "result.json").read_text())
     assert result["status"] == "error" and result["error"]["kind"] == "invalid_request"
+
+
+def test_a_one_row_transformer_graph_is_called_per_half_of_the_guidance_batch():
+    """With ``transformer_batch`` 1 (an export with ``--guidance-batch 1``) the pipeline calls the transformer on the
+    unconditional and the conditional half in turn: a transformer that treats every row alone then gives the same
+    image as one call on the whole guidance batch, in twice the calls; a batch that does not divide is refused."""
+    def toy(component: str, feed: dict) -> list[np.ndarray]:
+        if component == "text_encoder":
+            ids, mask = feed["input_ids"][..., None], feed["attention_mask"][..., None]
+            return [(ids * mask).astype(np.float32) * np.float32(0.01)]
+        if component == "transformer":  # each row: its own latent, time and prompt only
+            text = (feed["prompt_embeds"] * feed["prompt_mask"][..., None]).sum(axis=(1, 2))
+            shift = feed["timestep_features"].mean(axis=1) - np.float32(0.01) * text
+            return [(0.5 * feed["latent"] - shift[:, None, None, None]).astype(np.float32)]
+        return [np.repeat(feed["latent"][:, :1], 3, axis=1)]
+
+    rng = np.random.default_rng(0)
+    tensors = {"input_ids": rng.integers(1, 50, (1, 6)), "attention_mask": np.ones((1, 6), np.int64),
+               "uncond_input_ids": np.zeros((1, 6), np.int64), "uncond_attention_mask": np.eye(1, 6, dtype=np.int64),
+               "noise": rng.standard_normal((1, 2, 4, 4)).astype(np.float32)}
+    settings = {"kind": "sana", "steps": 3, "guidance": 4.5, "flow_shift": 3.0,
+                "time_proj": {"channels": 8, "flip_sin_to_cos": True, "downscale_freq_shift": 0.0,
+                              "max_period": 10000.0, "scale": 1.0}}
+    whole, halves = pipe.Timed(), pipe.Timed()
+    ref = pipe.sana_generate(toy, settings, tensors, whole)
+    got = pipe.sana_generate(toy, settings | {"transformer_batch": 1}, tensors, halves)
+    np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-6)
+    assert len(whole.calls["transformer"]) == 3 and len(halves.calls["transformer"]) == 6
+    export = {"components": {"transformer": {"input_shapes": {"latent": [1, 2, 4, 4]}}}}
+    assert pipe.with_graph_rows(settings, export)["transformer_batch"] == 1
+    with pytest.raises(ValueError, match="does not divide"):
+        pipe.sana_generate(toy, settings | {"transformer_batch": 3}, tensors, pipe.Timed())

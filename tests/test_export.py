@@ -344,3 +344,30 @@ def test_calib_samples_sets_the_calibration_inputs(exported: Path, tmp_path: Pat
         assert sorted({k.split("/")[0] for k in rows.files}) == ["0", "1", "2"]
     zero = runner.invoke(app, ["export", "sana", "--run", str(run), "--calib-samples", "0"])
     assert zero.exit_code != 0 and "--calib-samples" in zero.output
+
+
+def test_guidance_batch_1_exports_a_one_row_transformer_that_draws_the_same_image(digits_run: Path, tmp_path: Path):
+    """``export --guidance-batch 1``: the transformer graph takes one row (the host calls it for each half of the
+    guidance batch), passes export parity, compiles wholly to the HTP, and the pipeline on its CPU Q/DQ graphs
+    draws what the PyTorch student draws; a Gemma run refuses the option in one line."""
+    import shutil
+
+    from fraqat_deploy.quality.sources import exported_components, onnx_cpu_outputs
+
+    run = tmp_path / "g1"
+    shutil.copytree(digits_run, run, ignore=shutil.ignore_patterns("export", "compile"))
+    exported = runner.invoke(app, ["export", "digits", "--run", str(run), "--guidance-batch", "1"])
+    assert exported.exit_code == 0, exported.output
+    manifest = json.loads((run / "export" / "export.json").read_text())
+    shapes = manifest["components"]["transformer"]["input_shapes"]
+    assert shapes["latent"][0] == 1 and shapes["prompt_embeds"][0] == 1, shapes
+    compiled = runner.invoke(app, ["compile", "digits", "--run", str(run), "--device", "s25u", "--component",
+                                   "transformer"])
+    assert compiled.exit_code == 0, compiled.output
+    trained = load_trained(run)
+    pairs = [("a handwritten digit seven", 5)]
+    image = onnx_cpu_outputs(trained, exported_components(run), pairs)[0].numpy()
+    ref = trained.adapter.generate(trained.fp, [pairs[0][0]], seed=5, student=trained.student)[0].numpy()
+    assert np.abs(image - ref).mean() < 0.01
+    bad = runner.invoke(app, ["export", "digits", "--run", str(run), "--guidance-batch", "3"])
+    assert bad.exit_code != 0 and "--guidance-batch" in bad.output and len(bad.output.strip().splitlines()) == 1

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from fraqat_deploy.device.link import DeviceLink
+from fraqat_deploy.device.pipeline import with_graph_rows
 from fraqat_deploy.device.protocol import (
     MODELS_DIR,
     SCHEMA_VERSION,
@@ -84,6 +85,7 @@ def build_request(run: Path, link: DeviceLink, out: Path, bench_id: str, *, prom
         raise ConfigError(f"the '{trained.adapter.name}' model cannot be benchmarked yet")
     options = {k: v for k, v in (("steps", steps), ("max_new_tokens", max_new_tokens)) if v is not None}
     pipeline, rows = bench_inputs(trained.fp, prompts, seed=seed, **options)
+    pipeline = with_graph_rows(pipeline, export)
     files: dict[str, Path] = {}
     model_components: dict[str, Any] = {}
     for name in components:

@@ -36,6 +36,7 @@ from fraqat_deploy.compile.hub import (
     resumed_job,
     wait_for_jobs,
 )
+from fraqat_deploy.device.pipeline import with_graph_rows
 from fraqat_deploy.errors import ConfigError, FraqatError, InputError
 from fraqat_deploy.runs import RunDir, sha256_file, write_json_atomic
 from fraqat_deploy.targets import get_target
@@ -148,6 +149,7 @@ def hub_bench(run: Path, device: str, *, prompts: list[str], seed: int = 0, step
         raise ConfigError(f"the '{trained.adapter.name}' model cannot be benchmarked yet")
     options = {k: v for k, v in (("steps", steps), ("max_new_tokens", max_new_tokens)) if v is not None}
     pipeline, rows = trained.adapter.bench_inputs(trained.fp, prompts, seed=seed, **options)
+    pipeline = with_graph_rows(pipeline, export)
     calls, host_results = run_host_pipeline(run, export, pipeline, rows)
     datasets = {name: {i: [feed[i] for feed, _ in calls[name][:max_samples]] for i in info["input_names"]}
                 for name, info in export["components"].items() if calls[name]}

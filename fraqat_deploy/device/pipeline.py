@@ -59,6 +59,16 @@ def guided(v: np.ndarray, guidance: float) -> np.ndarray:
     return (v_uncond + np.float32(guidance) * (v_cond - v_uncond)).astype(np.float32)
 
 
+def with_graph_rows(pipeline: Mapping[str, Any], export: Mapping[str, Any]) -> dict[str, Any]:
+    """``pipeline`` with what the exported graphs fix: a Sana transformer's rows per call (``transformer_batch``,
+    from its latent input's batch; 2 x the prompts when the guidance batch is one call)."""
+    out = dict(pipeline)
+    shapes = export.get("components", {}).get("transformer", {}).get("input_shapes", {})
+    if out.get("kind") == "sana" and "latent" in shapes:
+        out["transformer_batch"] = int(shapes["latent"][0])
+    return out
+
+
 @dataclass
 class Timed:
     """Component timings of one generation, in ms, in call order."""
@@ -87,12 +97,15 @@ def sana_generate(run: Run, pipeline: Mapping[str, Any], tensors: Mapping[str, n
     scale = np.float32(pipeline.get("num_train_timesteps", NUM_TRAIN_TIMESTEPS)) * np.float32(
         pipeline.get("timestep_scale", 1.0))
     x = np.asarray(tensors["noise"], dtype=np.float32)
+    rows = int(pipeline.get("transformer_batch") or 2 * x.shape[0])  # the graph's rows per call
+    if rows < 1 or (2 * x.shape[0]) % rows:
+        raise ValueError(f"transformer_batch {rows} does not divide the guidance batch {2 * x.shape[0]}")
     for i in range(steps):
         t = np.full([2 * x.shape[0]], sigmas[i] * scale, dtype=np.float32)
-        v = timed.call(run, "transformer", {
-            "latent": np.concatenate([x, x]), "timestep_features": timestep_features(t, pipeline["time_proj"]),
-            "prompt_embeds": embeds, "prompt_mask": mask,
-        })[0]
+        feed = {"latent": np.concatenate([x, x]), "timestep_features": timestep_features(t, pipeline["time_proj"]),
+                "prompt_embeds": embeds, "prompt_mask": mask}
+        v = np.concatenate([timed.call(run, "transformer", {k: a[s:s + rows] for k, a in feed.items()})[0]
+                            for s in range(0, 2 * x.shape[0], rows)])
         x = (x + (sigmas[i + 1] - sigmas[i]) * guided(np.asarray(v, dtype=np.float32), guidance)).astype(np.float32)
     image = timed.call(run, "vae_decoder", {"latent": x})[0]
     return np.clip(np.asarray(image, dtype=np.float32)[0], 0.0, 1.0)

@@ -26,6 +26,7 @@ over the draws); an export bug (a wrong encoding, a missing layer) is tens of st
 from __future__ import annotations
 
 import copy
+import inspect
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -254,14 +255,19 @@ def export_component(component: Component, out: Path, *, owned: bool = False,
 
 
 def export_run(run: Path, model: str | None = None, *, components: list[str] | None = None,
-               n_calibration: int = 8, seed: int = 0) -> dict[str, Any]:
+               n_calibration: int = 8, seed: int = 0, guidance_batch: int | None = None) -> dict[str, Any]:
     """Export every component of a trained run (or the chosen ones). Fails loudly when parity does not hold,
-    after writing ``parity.json``."""
+    after writing ``parity.json``. ``guidance_batch``: rows per transformer call of a Sana model (its default: 2)."""
     trained = load_trained(run, model)
     adapter = trained.adapter
+    options = {} if guidance_batch is None else {"guidance_batch": guidance_batch}
+    if options and "guidance_batch" not in inspect.signature(adapter.components).parameters:
+        raise ConfigError(f"--guidance-batch applies to the Sana models, not '{adapter.name}'",
+                          "drop --guidance-batch")
     # the export owns the loaded student: no copy (a real transformer is GBs); the FP model's own student is only
     # needed to make the calibration inputs
-    all_components = adapter.components(trained.fp, trained.student, n_calibration=n_calibration, seed=seed)
+    all_components = adapter.components(trained.fp, trained.student, n_calibration=n_calibration, seed=seed,
+                                        **options)
     del trained
     names = [c.name for c in all_components]
     unknown = sorted(set(components or []) - set(names))

@@ -346,11 +346,11 @@ class SanaAdapter(ModelAdapter):
     # -- forward -------------------------------------------------------------------------------------------
 
     def components(self, model: LoadedModel, student: nn.Module | None = None, *, n_calibration: int = 8,
-                   seed: int = 0) -> list[Component]:
+                   seed: int = 0, guidance_batch: int = 2) -> list[Component]:
         # the components own the student they get: the FP model's is copied, a given one is taken as it is
         student = student if student is not None else copy.deepcopy(model.student)
         return sana_components(model, student, list(DEFAULT_PROMPTS),
-                               n_calibration=n_calibration, seed=seed)
+                               n_calibration=n_calibration, seed=seed, guidance_batch=guidance_batch)
 
     def bench_inputs(self, model: LoadedModel, prompts: list[str], *, seed: int = 0, **options: Any):
         return sana_bench_inputs(model, prompts, seed=seed, steps=options.get("steps"))

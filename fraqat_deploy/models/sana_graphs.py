@@ -6,6 +6,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fraqat_deploy.errors import ConfigError
 from fraqat_deploy.models.base import Component, LoadedModel
 from fraqat_deploy.models.sampler import (
     NUM_TRAIN_TIMESTEPS,
@@ -124,9 +125,17 @@ def _sample_in_batches(model: LoadedModel, noise: torch.Tensor, cond: PromptEmbe
 
 @torch.no_grad()
 def sana_components(model: LoadedModel, student: nn.Module, prompts: list[str], *, n_calibration: int,
-                    seed: int, cfg_batch: int = 2) -> list[Component]:
+                    seed: int, guidance_batch: int = 2) -> list[Component]:
     """The three graphs, calibrated on the FP model's own sampling runs of ``prompts``. The transformer graph
-    takes ownership of ``student`` (no copy: a real one is GBs)."""
+    takes ownership of ``student`` (no copy: a real one is GBs).
+
+    ``guidance_batch``: rows of one transformer call. 2: the guidance batch (unconditional, conditional) in one
+    call; 1: one call each — the same compute per step, but the HTP context binary holds per-op data that grows
+    with the activation size (the real Sana 600M transformer: 0.705 -> see the README's real-size table) and
+    compiles several times faster. The device pipelines split the guidance batch to the graph's rows."""
+    if guidance_batch not in (1, 2):
+        raise ConfigError(f"--guidance-batch must be 1 or 2, not {guidance_batch}",
+                          "use 2 (one transformer call per step) or 1 (two smaller calls)")
     parts = model.parts
     generator = torch.Generator().manual_seed(seed)
     chosen = [prompts[i % len(prompts)] for i in torch.randperm(len(prompts), generator=generator).tolist()]
@@ -144,10 +153,13 @@ def sana_components(model: LoadedModel, student: nn.Module, prompts: list[str], 
         x_t, timestep = result.trajectory[(i * 7) % len(result.trajectory)]
         x, t = x_t[i : i + 1], timestep.reshape(-1)[:1].float()
         embeds, m = cond.embeds[i : i + 1], cond.mask[i : i + 1]
-        if cfg_batch == 2:  # unconditional first, as the sampler batches it
+        if guidance_batch == 2:  # unconditional first, as the sampler batches it
             x, t = torch.cat([x, x]), torch.cat([t, t])
             embeds, m = torch.cat([uncond.embeds, embeds]), torch.cat([uncond.mask, m])
-        transformer_inputs.append((x, graph.timestep_features(t), embeds, m))
+            transformer_inputs.append((x, graph.timestep_features(t), embeds, m))
+        else:  # both halves of the guidance batch, as separate calls (the sample is the unconditional one)
+            features = graph.timestep_features(t)
+            transformer_inputs += [(x, features, uncond.embeds, uncond.mask), (x, features, embeds, m)]
     text_inputs = [(empty_ids, empty_mask)] + [(ids[i : i + 1], mask[i : i + 1]) for i in range(len(chosen))]
     latents = [(result.latents[i : i + 1],) for i in range(len(chosen))]
     return [

@@ -180,9 +180,12 @@ def onnx_cpu_outputs(trained: TrainedModel, components: Mapping[str, Path], pair
     if bench_inputs is None:
         raise ConfigError(f"the '{trained.adapter.name}' model has no device pipeline")
     run = _cpu_runner(components)
+    manifest = next(iter(components.values())).parent / "export.json"
+    export = json.loads(manifest.read_text()) if manifest.is_file() else {}
     out = []
     for prompt, seed in pairs:
         settings, rows = bench_inputs(trained.fp, [prompt], seed=seed, **options)
+        settings = pipe.with_graph_rows(settings, export)
         kind = settings.get("kind")
         if kind == "sana":
             out.append(torch.from_numpy(pipe.sana_generate(run, settings, rows[0], pipe.Timed())))

@@ -131,6 +131,9 @@ data class PipelineSpec(val raw: Map<String, Any?>) {
     val timeProj: TimeProj
         get() = TimeProj.fromJson(raw.objOrNull("time_proj") ?: throw BenchError(ErrorKind.INVALID_REQUEST, "the pipeline has no time_proj"))
     val latentShape: List<Int>? get() = (raw["latent_shape"] as? List<*>)?.map { asLong(it)!!.toInt() }
+
+    /** Sana: rows of one transformer call (the exported graph's batch); null: the whole guidance batch at once. */
+    val transformerBatch: Int? get() = raw.intOrNull("transformer_batch")
     val maxNewTokens: Int? get() = raw.intOrNull("max_new_tokens")
     val context: Int? get() = raw.intOrNull("context")
     val eosTokenId: Long? get() = raw.longOrNull("eos_token_id")

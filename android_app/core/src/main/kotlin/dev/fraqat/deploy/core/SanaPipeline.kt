@@ -42,18 +42,19 @@ object SanaPipeline {
         val scale = pipeline.numTrainTimesteps.toFloat() * pipeline.timestepScale.toFloat()
         val proj = pipeline.timeProj
         var x = tensors.getValue("noise") as? FloatTensor ?: throw BenchError(ErrorKind.INVALID_REQUEST, "the noise tensor must be float32")
+        val batch = 2 * x.shape[0]
+        val rows = pipeline.transformerBatch ?: batch
+        if (rows < 1 || batch % rows != 0) throw BenchError(ErrorKind.INVALID_REQUEST, "transformer_batch $rows does not divide the guidance batch $batch")
         for (i in 0 until steps) {
-            val t = FloatArray(2 * x.shape[0]) { sigmas[i] * scale }
-            val v = first(
-                timed.call(
-                    runner, "transformer",
-                    mapOf(
-                        "latent" to Tensor.concat(x, x), "timestep_features" to FlowScheduler.timestepFeatures(t, proj),
-                        "prompt_embeds" to embeds, "prompt_mask" to mask,
-                    ),
-                ),
-                "transformer",
+            val t = FloatArray(batch) { sigmas[i] * scale }
+            val feed = mapOf(
+                "latent" to Tensor.concat(x, x), "timestep_features" to FlowScheduler.timestepFeatures(t, proj),
+                "prompt_embeds" to embeds, "prompt_mask" to mask,
             )
+            // the guidance batch in calls of the graph's rows (unconditional first), velocities stacked back
+            val v = (0 until batch step rows).map { s ->
+                first(timed.call(runner, "transformer", feed.mapValues { it.value.rows(s, s + rows) }), "transformer")
+            }.reduce { a, b -> Tensor.concat(a, b) as FloatTensor }
             x = FlowScheduler.eulerStep(x, FlowScheduler.guided(v, pipeline.guidance), sigmas[i], sigmas[i + 1])
         }
         val image = first(timed.call(runner, "vae_decoder", mapOf("latent" to x)), "vae_decoder").rows(0, 1)

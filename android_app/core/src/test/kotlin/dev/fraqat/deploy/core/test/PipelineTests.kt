@@ -1,5 +1,6 @@
 package dev.fraqat.deploy.core.test
 
+import dev.fraqat.deploy.core.BenchError
 import dev.fraqat.deploy.core.ComponentRunner
 import dev.fraqat.deploy.core.FloatTensor
 import dev.fraqat.deploy.core.GemmaDecoder
@@ -12,6 +13,8 @@ import dev.fraqat.deploy.core.Tensor
 import dev.fraqat.deploy.core.Timed
 import dev.fraqat.deploy.core.TorchNoise
 import dev.fraqat.deploy.core.asObject
+import org.junit.jupiter.api.Assertions.assertTrue
+import org.junit.jupiter.api.assertThrows
 import java.io.ByteArrayInputStream
 import javax.imageio.ImageIO
 
@@ -63,25 +66,13 @@ object ToyModel : ComponentRunner {
 }
 
 fun pipelineTests(s: Suite) {
-    s.test("pipeline: tokenizer + noise + Sana loop reproduce pipeline.json's toy generation") {
-        val golden = example("pipeline")
-        val pipeline = PipelineSpec(asObject(golden["pipeline"], "pipeline"))
-        val prompt = golden["prompt"] as String
-        val seed = (golden["seed"] as Number).toLong()
-        val tokenizer = captionTokenizer()
-        val cond = tokenizer.encode(prompt, 16)
-        val uncond = tokenizer.encode("", 16)
-        val latent = intArrayOf(1) + pipeline.latentShape!!.toIntArray()
-        val tensors = mapOf(
-            "input_ids" to cond.idsTensor(), "attention_mask" to cond.maskTensor(), "uncond_input_ids" to uncond.idsTensor(),
-            "uncond_attention_mask" to uncond.maskTensor(), "noise" to TorchNoise.randn(latent, seed),
-        )
-        val timed = Timed()
-        val image = SanaPipeline.generate(ToyModel, pipeline, tensors, timed)
-        assertEquals((golden["image_shape"] as List<*>).map { (it as Number).toInt() }, image.shape.toList(), "image shape")
-        assertAllClose(doubles(golden["image"]), image.data.map { it.toDouble() }, 2e-5, "image")
-        val calls = asObject(golden["calls"], "calls").mapValues { (it.value as Number).toInt() }
-        assertEquals(calls, timed.calls.mapValues { it.value.size }, "component calls")
+    s.test("pipeline: tokenizer + noise + Sana loop reproduce pipeline.json's toy generation") { sanaGolden(null) }
+    // a transformer exported with --guidance-batch 1 takes one half of the guidance batch per call; the toy
+    // transformer computes every row alone, so the image is the same and the transformer runs twice per step
+    s.test("pipeline: a one-row transformer graph is called per half of the guidance batch, same image") { sanaGolden(1) }
+    s.test("pipeline: a transformer_batch that does not divide the guidance batch is refused") {
+        val error = assertThrows<BenchError>("transformer_batch 3") { sanaGolden(3) }
+        assertTrue(error.message!!.contains("does not divide"), error.message!!)
     }
 
     s.test("png: the encoder writes what a PNG decoder reads back, rounded as numpy rounds") {
@@ -138,4 +129,27 @@ fun gemmaTests(s: Suite) {
             assertEquals((c["tokens"] as List<*>).map { (it as Number).toLong() }, tokens, "continuation of $prompt")
         }
     }
+}
+
+/** pipeline.json's toy generation, with the transformer called in [rows]-row pieces (null: the whole batch). */
+private fun Context.sanaGolden(rows: Int?) {
+    val golden = example("pipeline")
+    val spec = PipelineSpec(asObject(golden["pipeline"], "pipeline"))
+    val pipeline = if (rows == null) spec else spec.with("transformer_batch" to rows.toLong())
+    val prompt = golden["prompt"] as String
+    val seed = (golden["seed"] as Number).toLong()
+    val tokenizer = captionTokenizer()
+    val cond = tokenizer.encode(prompt, 16)
+    val uncond = tokenizer.encode("", 16)
+    val latent = intArrayOf(1) + pipeline.latentShape!!.toIntArray()
+    val tensors = mapOf(
+        "input_ids" to cond.idsTensor(), "attention_mask" to cond.maskTensor(), "uncond_input_ids" to uncond.idsTensor(),
+        "uncond_attention_mask" to uncond.maskTensor(), "noise" to TorchNoise.randn(latent, seed),
+    )
+    val timed = Timed()
+    val image = SanaPipeline.generate(ToyModel, pipeline, tensors, timed)
+    assertEquals((golden["image_shape"] as List<*>).map { (it as Number).toInt() }, image.shape.toList(), "image shape")
+    assertAllClose(doubles(golden["image"]), image.data.map { it.toDouble() }, 2e-5, "image")
+    val calls = asObject(golden["calls"], "calls").mapValues { (it.value as Number).toInt() * (if (it.key == "transformer" && rows == 1) 2 else 1) }
+    assertEquals(calls, timed.calls.mapValues { it.value.size }, "component calls")
 }
