@@ -392,7 +392,17 @@ def run_component(model: str, component: str, stages: list[str], work: Path, arg
     spec = MODELS[model][component]
     folder, run, logs = work / model / component / "model", work / model / component / "run", work / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    result = load_results().get(model, {}).get(component, {})
+    key, export_options = component, []
+    if args.guidance_batch is not None:  # a variant: its own record and run, from the component's PTQ run
+        key = variant_key(component, args.guidance_batch)
+        export_options = ["--guidance-batch", str(args.guidance_batch)]
+        base, run = run, work / model / component / f"run-gb{args.guidance_batch}"
+        if "ptq" not in stages and not run.exists():
+            shutil.copytree(base, run, ignore=shutil.ignore_patterns("export", "compile"))
+    result = load_results().get(model, {}).get(key) or dict(load_results().get(model, {}).get(component, {}))
+    for stage in ("export", "compile", "parity"):
+        if key != component and stage in stages:
+            result.pop(stage, None)
     result |= {"adapter": spec["adapter"], "int4": spec["int4"]}
     env = os.environ | {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
     cli = _cli()
@@ -402,7 +412,7 @@ def run_component(model: str, component: str, stages: list[str], work: Path, arg
         built = build_gemma_folder(folder, args.seed) if model == "gemma2b" \
             else build_sana_folder(component, folder, args.seed)
         result["build"] = built | {"seconds": round(time.monotonic() - started, 1)}
-        save_result(model, component, result)
+        save_result(model, key, result)
     params = result.get("build", {}).get("parameters", {}).get(component)
     if params:
         result["fp32_weight_bytes"] = 4 * params
@@ -412,14 +422,14 @@ def run_component(model: str, component: str, stages: list[str], work: Path, arg
                                             "--schedule", "ptq", "--n-train", "4", "--n-val", "2",
                                             "--calib-samples", "4", "--batch-size", "2"],
                                      logs / f"{model}-{component}-ptq.log", env=env)
-        save_result(model, component, result)
+        save_result(model, key, result)
     if "export" in stages:
         result["export"] = run_measured(cli + ["export", spec["adapter"], "--run", str(run), "--component",
-                                               component, "--calib-samples", str(args.calib_samples)],
+                                               component, "--calib-samples", str(args.calib_samples)] + export_options,
                                         logs / f"{model}-{component}-export.log",
                                         timeout=args.export_timeout, env=env)
         result["export"] |= export_facts(run, component)
-        save_result(model, component, result)
+        save_result(model, key, result)
     if "collect" in stages:  # an export that ran without the runner's time limit, followed by a watcher
         measured = json.loads(Path(args.export_measured).read_text()) if args.export_measured else {}
         status = json.loads((run / "run.json").read_text()).get("stages", {}).get("export", {}).get("status")
@@ -430,7 +440,7 @@ def run_component(model: str, component: str, stages: list[str], work: Path, arg
             "unfinished": status not in ("done", "failed"), "export_stage_status": status,
             "measured_by": "the kernel's high-water mark (VmHWM) of the export process, read every 2 s until it "
                            "ended (the process runs no children)", "log_tail": []} | export_facts(run, component)
-        save_result(model, component, result)
+        save_result(model, key, result)
     if "compile" in stages:
         # the compile alone; HTP parity on the simulator is its own stage (below), under its own time limit
         result["compile"] = run_measured(cli + ["compile", spec["adapter"], "--run", str(run), "--component",
@@ -438,15 +448,19 @@ def run_component(model: str, component: str, stages: list[str], work: Path, arg
                                          logs / f"{model}-{component}-compile.log", timeout=args.compile_timeout,
                                          env=env)
         result["compile"] |= compile_facts(run, component, args.target)
-        save_result(model, component, result)
+        save_result(model, key, result)
     if "parity" in stages:  # the same command with one parity row: the cached context binary, then the simulator
         result["parity"] = run_measured(cli + ["compile", spec["adapter"], "--run", str(run), "--component",
                                                component, "--device", args.target, "--parity-rows", "1"],
                                         logs / f"{model}-{component}-parity.log", timeout=args.parity_timeout,
                                         env=env)
         result["parity"] |= {"htp_parity": compile_facts(run, component, args.target).get("htp_parity")}
-        save_result(model, component, result)
+        save_result(model, key, result)
     return result
+
+
+def variant_key(component: str, guidance_batch: int) -> str:
+    return f"{component}, guidance batch {guidance_batch}"
 
 
 def load_results() -> dict[str, Any]:
@@ -529,6 +543,7 @@ def render_table(data: dict[str, Any]) -> str:
     notes = []
     for model in MODELS:
         comps = {c: data.get(model, {}).get(c) for c in MODELS[model]}
+        comps |= {k: v for k, v in data.get(model, {}).items() if k not in comps and k.split(",")[0] in comps}
         for component, r in comps.items():
             if not r:
                 lines.append(f"| {model} / {component} | " + " | ".join(["not run"] * 10) + " |")
@@ -537,7 +552,8 @@ def render_table(data: dict[str, Any]) -> str:
                 continue
             export, comp = r.get("export") or {}, r.get("compile") or {}
             files = export.get("files", {})
-            qdq = files.get(f"{component}.onnx", 0) + files.get(f"{component}.onnx.data", 0)
+            base = component.split(",")[0]  # a variant row ("transformer, guidance batch 1") has its files
+            qdq = files.get(f"{base}.onnx", 0) + files.get(f"{base}.onnx.data", 0)
             par = export.get("parity")
             par_cell = "–" if not par else "; ".join(
                 f"{o} {m['mean_steps']:.2f}/{m['max_steps']:.2f} steps {'ok' if m['passed'] else 'FAIL'}"
@@ -551,7 +567,7 @@ def render_table(data: dict[str, Any]) -> str:
                      "–" if bpw is None else f"{bpw:.3f}",
                      f"{cov['htp_fraction']:.1%} ({cov['cpu_fallback']} CPU fallback)" if cov else "–", hp_cell]
             lines.append("| " + " | ".join(cells) + " |")
-            notes.append(f"- **{model} / {component}**: " + "; ".join(verdicts(model, component, r))
+            notes.append(f"- **{model} / {component}**: " + "; ".join(verdicts(model, base, r))
                          + ("." if not r.get("note") else f". {r['note']}"))
     head = data.get("gemma2b_lm_head", {})
     if head:
@@ -604,6 +620,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile-timeout", type=float, default=3600.0, help="seconds per compile stage")
     parser.add_argument("--parity-timeout", type=float, default=1800.0,
                         help="seconds for the HTP-simulator parity run of one input")
+    parser.add_argument("--guidance-batch", type=int, choices=(1, 2), default=None,
+                        help="sana: export --guidance-batch N, recorded as its own row from the component's PTQ run")
     parser.add_argument("--calib-samples", type=int, default=8, help="export --calib-samples (the CLI's default)")
     parser.add_argument("--table-only", action="store_true", help="only rewrite the tables from the JSON")
     parser.add_argument("--readme", action="store_true", help="also rewrite the README table")
