@@ -80,6 +80,7 @@ def run_once(mode: str, steps: int | None, timeout_s: float | None = None, keep:
     reached = steps_seen[-1] if steps_seen else None  # the FraQAT run's last step line (PTQ has no steps)
     result = {
         "mode": mode,
+        "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(time.time() - seconds)),
         "exit_code": returncode,
         "finished": returncode == 0,
         "minutes": round(seconds / 60, 2),
