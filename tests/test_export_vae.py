@@ -2,8 +2,8 @@
 at toy widths: the embedded digits model upsamples by pixel shuffle, so these paths are covered here.
 
 Found at real size: the Q/DQ pass stored a Resize's scales [1, 1, 2, 2] as 16-bit codes behind a DequantizeLinear;
-they no longer read exactly 2.0, every nearest-neighbour sample moved (export parity 44 mean steps), and the HTP
-refused the Resize and everything downstream of it."""
+they read [1.0000153, 1.0000153, 2, 2], so nearest/floor sampling took channel c from channel c - 1 (export parity
+37-44 mean 8-bit steps), and the HTP refused the Resize and everything downstream of it."""
 
 from __future__ import annotations
 

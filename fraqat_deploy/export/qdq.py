@@ -51,8 +51,8 @@ RULE_WEIGHT_BITS = 8
 #: ops whose output keeps its input's encoding (pure data movement)
 SHARED_ENCODING_OPS = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "DepthToSpace", "SpaceToDepth",
                        "Split", "Slice", "Expand"}
-#: initializer inputs that are parameters, not data: left as they are (a Resize's scales behind a Q/DQ are no longer
-#: exactly 2.0: every nearest-neighbour sample moves, and the HTP cannot take the op with non-constant scales)
+#: initializer inputs that are parameters, not data: left as they are (a Resize's scales [1, 1, 2, 2] as 16-bit codes
+#: read [1.0000153, 1.0000153, 2, 2]: nearest/floor then maps channel c to c - 1; the HTP refuses non-constant scales)
 PARAMETER_INPUTS = {("Clip", 1), ("Clip", 2), ("Pad", 1), ("Pad", 2), ("Pad", 3),
                     ("Resize", 1), ("Resize", 2)}
 #: output encodings the QNN HTP requires for 16-bit nonlinearities (as ONNX Runtime's QNN quantizer sets them)
