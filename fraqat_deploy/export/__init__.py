@@ -179,9 +179,11 @@ def export_component(component: Component, out: Path, *, owned: bool = False,
                      step: Callable[[str], None] | None = None) -> dict[str, Any]:
     """One component: HTP forms, the rule's weights, float export, Q/DQ, parity. Returns its record.
 
-    ``owned``: the export may change ``component.module`` and frees its quantized layers' float weights as their
-    integer form is taken (no copy of the module is made); otherwise it works on a copy. ``step`` hears the name of
-    each step as it starts (minutes each at real size: the progress line shows them).
+    ``owned``: the export may change ``component.module`` (no copy of the module is made); otherwise it works on
+    a copy. Either way the module it works on has its quantized layers' float weights freed as their integer form
+    is taken (a copy too: a Gemma-2 prefill graph is exported from a copy of the student it shares with the decode
+    graph, and at 2.6B parameters that copy's weights are GBs beside the calibration session). ``step`` hears the
+    name of each step as it starts (minutes each at real size: the progress line shows them).
 
     Memory, in order (a big model never holds two copies of its float weights): the float graph is written with
     its weights in external data straight from the exporter and read back without them; the fake-quant reference
@@ -225,7 +227,7 @@ def export_component(component: Component, out: Path, *, owned: bool = False,
     step("Q/DQ graph (calibration probe)")
     streamed = data_file(float_path).is_file()  # a big float graph: the Q/DQ one is written as it is built too
     qdq_model, report = build_qdq(float_model, module, work.input_names, work.calibration,
-                                  base_dir=float_path.parent, release=owned,
+                                  base_dir=float_path.parent, release=True,
                                   data_path=data_file(qdq_path) if streamed else None)
     del float_model
     release_memory()
