@@ -166,3 +166,15 @@ def test_bf16_export_peak_memory_stays_within_three_times_the_bf16_weights(tmp_p
     assert (tmp_path / "bf16" / "text_encoder.float.onnx.data").stat().st_size > 0
     fp32 = _export_peak(tmp_path, "fp32")  # the check can fail: the float32 load of the same model does
     assert fp32 > MAX_PEAK_OVER_BF16_WEIGHTS, f"fp32 export peak is {fp32:.2f}x the bf16 weights"
+
+
+def test_the_load_dtype_is_the_one_a_local_checkpoint_declares(tmp_path: Path):
+    from fraqat_deploy.models.half import checkpoint_dtype
+
+    for declared, want in (("bfloat16", torch.bfloat16), ("float16", torch.float16), ("float32", torch.float32)):
+        folder = tmp_path / declared / "text_encoder"
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text(json.dumps({"model_type": "gemma2", "torch_dtype": declared}))
+        assert checkpoint_dtype(str(folder.parent), True, "text_encoder") == want
+        assert checkpoint_dtype(str(folder.parent), False, "text_encoder") == torch.float32  # a hub id: as before
+    assert checkpoint_dtype(str(tmp_path), True) == torch.float32  # no config.json
