@@ -636,8 +636,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.note:
         for component in args.component or list(MODELS[args.model]):
-            result = load_results().get(args.model, {}).get(component, {})
-            save_result(args.model, component, result | {"note": args.note})
+            key = component if args.guidance_batch is None else variant_key(component, args.guidance_batch)
+            result = load_results().get(args.model, {}).get(key, {})
+            save_result(args.model, key, result | {"note": args.note})
     if not args.table_only:
         stages = [s.strip() for s in args.stages.split(",") if s.strip()]
         bad = sorted(set(stages) - set(STAGES))
