@@ -69,3 +69,32 @@ def test_the_decoder_compiles_all_on_the_htp_within_parity(exported, tmp_path: P
     assert not compiled.get("fallback"), compiled.get("fallback")
     parity = htp_parity(tmp_path / "vae_decoder_ctx.onnx", out / record["onnx"], load_inputs(out / record["inputs"]))
     assert parity["passed"], parity["outputs"]
+
+
+def test_the_text_encoder_graph_at_sana_length_has_no_trilu(tmp_path: Path):
+    """Sana's text encoder runs on 300 tokens: a causal mask made with torch.tril exported as Trilu (the exporter
+    folds it only for small masks), which the HTP does not run; the real-size compile stopped on it. The mask is a
+    constant of the graph at any length."""
+    from transformers import Gemma2Config, Gemma2Model
+
+    from fraqat_deploy.export.graph import export_float
+    from fraqat_deploy.models.sana_graphs import TextEncoderGraph
+
+    torch.manual_seed(0)
+    encoder = Gemma2Model(Gemma2Config(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                       num_attention_heads=2, num_key_value_heads=1, head_dim=8,
+                                       max_position_embeddings=512, attn_implementation="eager")).eval()
+    graph = TextEncoderGraph(encoder)
+    length = 300
+    ids = torch.randint(1, 64, (1, length), generator=torch.Generator().manual_seed(1))
+    mask = (torch.arange(length) < 40).long()[None]
+    model = export_float(Component("text_encoder", graph, ["input_ids", "attention_mask"], ["prompt_embeds"],
+                                   [(ids, mask)]), tmp_path / "te.float.onnx")
+    ops = {n.op_type for n in model.graph.node}
+    assert "Trilu" not in ops, sorted(ops)
+    from fraqat_deploy.compile.htp import cpu_session
+
+    got = cpu_session(tmp_path / "te.float.onnx").run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})
+    with torch.no_grad():
+        ref = graph(ids, mask).numpy()
+    np.testing.assert_allclose(got[0], ref, atol=1e-4)

@@ -42,7 +42,9 @@ class TextEncoderGraph(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         length = input_ids.shape[1]
-        causal = torch.tril(torch.ones(length, length, device=input_ids.device))
+        # made by numpy, the causal mask is a constant of the exported graph: torch.tril would export as Trilu, which
+        # the exporter folds only for small masks (the HTP does not run Trilu; Sana's 300 tokens kept it)
+        causal = torch.from_numpy(np.tril(np.ones((length, length), dtype=np.float32))).to(input_ids.device)
         allowed = causal[None, None] * attention_mask[:, None, None, :].float()
         return self.text_encoder(input_ids, attention_mask=(1 - allowed) * -self.mask_bias)[0]
 
