@@ -402,10 +402,10 @@ def run_component(model: str, component: str, stages: list[str], work: Path, arg
         base, run = run, work / model / component / f"run-gb{args.guidance_batch}"
         if "ptq" not in stages and not run.exists():
             shutil.copytree(base, run, ignore=shutil.ignore_patterns("export", "compile"))
-    result = load_results().get(model, {}).get(key) or dict(load_results().get(model, {}).get(component, {}))
-    for stage in ("export", "compile", "parity"):
-        if key != component and stage in stages:
-            result.pop(stage, None)
+    saved = load_results().get(model, {})
+    # a new variant's record starts from its component's model and PTQ run (not its stages or note)
+    result = saved.get(key) or {k: v for k, v in saved.get(component, {}).items()
+                                if k in ("build", "ptq", "fp32_weight_bytes")}
     result |= {"adapter": spec["adapter"], "int4": spec["int4"]}
     env = os.environ | {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
     cli = _cli()

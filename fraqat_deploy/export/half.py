@@ -95,7 +95,6 @@ class HalfExport:
     def _rule(self, m: nn.Module, bits: int) -> None:
         q, scale, _ = quantize_weight(m.weight.detach().float(), bits, "narrow", "channel")
         m.rule_codes = (q.to(torch.int8), scale)  # type: ignore[assignment]
-        m.rule_scale = scale.flatten().clone()  # type: ignore[assignment]
         m.weight = placeholder(m.weight.shape)
 
         def dequantized(m: nn.Module = m) -> torch.Tensor:

@@ -71,7 +71,6 @@ def apply_rule_to_weights(module: nn.Module) -> dict[str, nn.Module]:
             q, scale, _ = quantize_weight(m.weight, RULE_WEIGHT_BITS, "narrow", "channel")
             with torch.no_grad():
                 m.weight.copy_(q * scale)
-            m.rule_scale = scale.flatten().clone()  # type: ignore[attr-defined]
             layers[name] = m
     return layers
 
