@@ -54,8 +54,10 @@ MODELS: dict[str, dict[str, dict[str, Any]]] = {
         "text_encoder": {"adapter": "sana", "int4": False},
         "vae_decoder": {"adapter": "sana", "int4": False},
     },
+    # the LLM deploys as two graphs around one student, exported in one process (the prefill graph first, the
+    # decode graph from the same prepared student) and compiled together: one export record, one row per graph
     "gemma2b": {
-        "llm": {"adapter": "gemma", "int4": True},
+        "llm": {"adapter": "gemma", "int4": True, "graphs": ["prefill", "decode"]},
     },
 }
 
@@ -406,7 +408,7 @@ def run_component(model: str, component: str, stages: list[str], work: Path, arg
     # a new variant's record starts from its component's model and PTQ run (not its stages or note)
     result = saved.get(key) or {k: v for k, v in saved.get(component, {}).items()
                                 if k in ("build", "ptq", "fp32_weight_bytes")}
-    result |= {"adapter": spec["adapter"], "int4": spec["int4"]}
+    result |= {"adapter": spec["adapter"], "int4": spec["int4"], "model": model}
     env = os.environ | {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
     cli = _cli()
     if "build" in stages:
@@ -426,12 +428,14 @@ def run_component(model: str, component: str, stages: list[str], work: Path, arg
                                             "--calib-samples", "4", "--batch-size", "2"],
                                      logs / f"{model}-{component}-ptq.log", env=env)
         save_result(model, key, result)
+    graphs = spec.get("graphs")
+    which = [] if graphs else ["--component", component]  # a model of several graphs: all of them, one command
     if "export" in stages:
-        result["export"] = run_measured(cli + ["export", spec["adapter"], "--run", str(run), "--component",
-                                               component, "--calib-samples", str(args.calib_samples)] + export_options,
+        result["export"] = run_measured(cli + ["export", spec["adapter"], "--run", str(run), *which,
+                                               "--calib-samples", str(args.calib_samples)] + export_options,
                                         logs / f"{model}-{component}-export.log",
                                         timeout=args.export_timeout, env=env)
-        result["export"] |= export_facts(run, component)
+        result["export"] |= per_graph(graphs, component, lambda g: export_facts(run, g))
         save_result(model, key, result)
     if "collect" in stages:  # an export that ran without the runner's time limit, followed by a watcher
         measured = json.loads(Path(args.export_measured).read_text()) if args.export_measured else {}
@@ -446,20 +450,44 @@ def run_component(model: str, component: str, stages: list[str], work: Path, arg
         save_result(model, key, result)
     if "compile" in stages:
         # the compile alone; HTP parity on the simulator is its own stage (below), under its own time limit
-        result["compile"] = run_measured(cli + ["compile", spec["adapter"], "--run", str(run), "--component",
-                                                component, "--device", args.target, "--parity-rows", "0"],
+        result["compile"] = run_measured(cli + ["compile", spec["adapter"], "--run", str(run), *which,
+                                                "--device", args.target, "--parity-rows", "0"],
                                          logs / f"{model}-{component}-compile.log", timeout=args.compile_timeout,
                                          env=env)
-        result["compile"] |= compile_facts(run, component, args.target)
+        result["compile"] |= per_graph(graphs, component, lambda g: compile_facts(run, g, args.target))
         save_result(model, key, result)
     if "parity" in stages:  # the same command with one parity row: the cached context binary, then the simulator
-        result["parity"] = run_measured(cli + ["compile", spec["adapter"], "--run", str(run), "--component",
-                                               component, "--device", args.target, "--parity-rows", "1"],
+        result["parity"] = run_measured(cli + ["compile", spec["adapter"], "--run", str(run), *which,
+                                               "--device", args.target, "--parity-rows", "1"],
                                         logs / f"{model}-{component}-parity.log", timeout=args.parity_timeout,
                                         env=env)
-        result["parity"] |= {"htp_parity": compile_facts(run, component, args.target).get("htp_parity")}
+        result["parity"] |= per_graph(graphs, component, lambda g: {
+            "htp_parity": compile_facts(run, g, args.target).get("htp_parity")})
         save_result(model, key, result)
     return result
+
+
+def per_graph(graphs: list[str] | None, component: str, facts: Any) -> dict[str, Any]:
+    """``facts(name)`` of the component, or of each of its graphs under ``"graphs"``."""
+    return facts(component) if not graphs else {"graphs": {g: facts(g) for g in graphs}}
+
+
+def graph_rows(component: str, r: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    """(row label, file base name, record) of each table row of a component: one, or one per graph (its export and
+    compile stage cells are the one command's, its files, parity and compiled figures its own)."""
+    base = component.split(",")[0]  # a variant row ("transformer, guidance batch 1") has its files
+    graphs = MODELS.get(r.get("model", ""), {}).get(base, {}).get("graphs")
+    if not graphs:
+        return [(component, base, r)]
+    rows = []
+    for g in graphs:
+        view = dict(r)
+        for stage in ("export", "compile", "parity"):
+            if r.get(stage):
+                view[stage] = {k: v for k, v in r[stage].items() if k != "graphs"} \
+                    | (r[stage].get("graphs") or {}).get(g, {})
+        rows.append((f"{component}: {g}", g, view))
+    return rows
 
 
 def variant_key(component: str, guidance_batch: int) -> str:
@@ -504,6 +532,27 @@ def _parity_cell(stage: dict[str, Any] | None) -> str:
     if hp.get("passed") is not None and stage.get("exit_code") is not None:
         return f"{'ok' if hp['passed'] else 'FAIL'} ({hp['rel']:.2%} rel, 1 input): {stage['seconds']:.0f} s"
     return _stage_cell(stage) + " (simulator)"
+
+
+#: outputs named in an export parity cell; a graph with more (Gemma-2's keys and values) shows the worst of the rest
+PARITY_CELL_OUTPUTS = 3
+
+
+def _export_parity_cell(export: dict[str, Any]) -> str:
+    par = export.get("parity")
+    if not par:
+        return "–"
+
+    def cell(name: str, m: dict[str, Any]) -> str:
+        return f"{name} {m['mean_steps']:.2f}/{m['max_steps']:.2f} steps {'ok' if m['passed'] else 'FAIL'}"
+
+    if len(par) <= PARITY_CELL_OUTPUTS:
+        return "; ".join(cell(o, m) for o, m in par.items())
+    first, *rest = par.items()
+    worst = max(rest, key=lambda item: item[1]["max_steps"])
+    failed = sum(not m["passed"] for _, m in rest)
+    return (f"{cell(*first)}; worst of the other {len(rest)}: {cell(*worst)}"
+            + (f" ({failed} FAIL)" if failed else " (all ok)"))
 
 
 def verdicts(model: str, component: str, r: dict[str, Any]) -> list[str]:
@@ -551,31 +600,27 @@ def render_table(data: dict[str, Any]) -> str:
     for model in MODELS:
         comps = {c: data.get(model, {}).get(c) for c in MODELS[model]}
         comps |= {k: v for k, v in data.get(model, {}).items() if k not in comps and k.split(",")[0] in comps}
-        for component, r in comps.items():
-            if not r:
+        for component, rec in comps.items():
+            if not rec:
                 lines.append(f"| {model} / {component} | " + " | ".join(["not run"] * 10) + " |")
                 notes.append(f"- **{model} / {component}**: not run in this session (no time left after the "
                              f"transformer on this machine).")
                 continue
-            export, comp = r.get("export") or {}, r.get("compile") or {}
-            files = export.get("files", {})
-            base = component.split(",")[0]  # a variant row ("transformer, guidance batch 1") has its files
-            qdq = files.get(f"{base}.onnx", 0) + files.get(f"{base}.onnx.data", 0)
-            par = export.get("parity")
-            par_cell = "–" if not par else "; ".join(
-                f"{o} {m['mean_steps']:.2f}/{m['max_steps']:.2f} steps {'ok' if m['passed'] else 'FAIL'}"
-                for o, m in par.items())
-            cov = comp.get("coverage")
-            hp_cell = _parity_cell(r.get("parity"))
-            bpw = comp.get("bytes_per_weight")
-            cells = [f"{model} / {component}", _gib(r.get("fp32_weight_bytes")), _stage_cell(r.get("ptq")),
-                     _stage_cell(r.get("export")), _gib(qdq) if qdq else "–", par_cell,
-                     _stage_cell(r.get("compile")), _gib(comp.get("context_binary_bytes")),
-                     "–" if bpw is None else f"{bpw:.3f}",
-                     f"{cov['htp_fraction']:.1%} ({cov['cpu_fallback']} CPU fallback)" if cov else "–", hp_cell]
-            lines.append("| " + " | ".join(cells) + " |")
-            notes.append(f"- **{model} / {component}**: " + "; ".join(verdicts(model, base, r))
-                         + ("." if not r.get("note") else f". {r['note']}"))
+            for i, (label, base, r) in enumerate(graph_rows(component, rec | {"model": model})):
+                export, comp = r.get("export") or {}, r.get("compile") or {}
+                files = export.get("files", {})
+                qdq = files.get(f"{base}.onnx", 0) + files.get(f"{base}.onnx.data", 0)
+                cov = comp.get("coverage")
+                bpw = comp.get("bytes_per_weight")
+                cells = [f"{model} / {label}", _gib(r.get("fp32_weight_bytes")), _stage_cell(r.get("ptq")),
+                         _stage_cell(r.get("export")), _gib(qdq) if qdq else "–", _export_parity_cell(export),
+                         _stage_cell(r.get("compile")), _gib(comp.get("context_binary_bytes")),
+                         "–" if bpw is None else f"{bpw:.3f}",
+                         f"{cov['htp_fraction']:.1%} ({cov['cpu_fallback']} CPU fallback)" if cov else "–",
+                         _parity_cell(r.get("parity"))]
+                lines.append("| " + " | ".join(cells) + " |")
+                notes.append(f"- **{model} / {label}**: " + "; ".join(verdicts(model, component.split(",")[0], r))
+                             + ("." if not r.get("note") or i else f". {r['note']}"))  # a note once
     head = data.get("gemma2b_lm_head", {})
     if head:
         notes.append("")

@@ -77,6 +77,12 @@ def test_a_bf16_gemma_checkpoint_stays_bf16_and_exports_the_fp32_loads_qdq_graph
         assert (a / f"{component}.onnx").read_bytes() == (b / f"{component}.onnx").read_bytes(), component
         _same_float_graph(a / f"{component}.float.onnx", b / f"{component}.float.onnx")
     assert json.loads((a / "parity.json").read_text()) == json.loads((b / "parity.json").read_text())
+    # the decode graph was exported second, from the student the prefill export prepared (no copy): the same file
+    # as the decode graph exported alone from a freshly loaded student
+    for run in ("run-bf16", "run-fp32"):
+        shared = (root / run / "export" / "decode.onnx").read_bytes()
+        export_run(root / run, "gemma", n_calibration=4, components=["decode"])
+        assert (root / run / "export" / "decode.onnx").read_bytes() == shared, run
 
     loaded = get_adapter("gemma").load(str(root / "bf16"))
     lm = loaded.student
@@ -178,3 +184,26 @@ def test_the_load_dtype_is_the_one_a_local_checkpoint_declares(tmp_path: Path):
         assert checkpoint_dtype(str(folder.parent), True, "text_encoder") == want
         assert checkpoint_dtype(str(folder.parent), False, "text_encoder") == torch.float32  # a hub id: as before
     assert checkpoint_dtype(str(tmp_path), True) == torch.float32  # no config.json
+
+
+def test_the_rule_quantizes_a_shared_layer_once():
+    """A student shared by two graphs is prepared by the first export and reused by the second: its rule layers
+    keep the codes taken from the real weights (their weights are placeholders by then, or already on the grid)."""
+    from fraqat_deploy.export.half import HalfExport
+    from fraqat_deploy.export.qdq import RULE_WEIGHT_BITS, apply_rule_to_weights
+
+    torch.manual_seed(0)
+    half = torch.nn.Sequential(torch.nn.Linear(16, 8)).to(torch.bfloat16)
+    HalfExport(half, RULE_WEIGHT_BITS).close()
+    codes, scale = (t.clone() for t in half[0].rule_codes)
+    assert int(codes.abs().max()) == 127
+    HalfExport(half, RULE_WEIGHT_BITS).close()
+    assert torch.equal(half[0].rule_codes[0], codes) and torch.equal(half[0].rule_codes[1], scale)
+
+    fp32 = torch.nn.Sequential(torch.nn.Linear(16, 8))
+    apply_rule_to_weights(fp32)
+    once = fp32[0].weight.detach().clone()
+    with torch.no_grad():
+        fp32[0].weight.add_(1e-3)  # off the grid: a second quantization would round it
+    apply_rule_to_weights(fp32)
+    assert torch.equal(fp32[0].weight, once + 1e-3)

@@ -23,7 +23,9 @@ from fraqat_deploy.models.gemma_graphs import (
     graph_spec,
     greedy_decode,
     prefill_feed,
+    recording,
     session_runner,
+    text_decode_feed,
     torch_runner,
 )
 
@@ -124,7 +126,7 @@ def test_sliding_window_and_grouped_heads_match_transformers():
     assert without.sliding_window is None and "sliding_mask" not in without.decode_inputs()
 
 
-def test_components_are_calibrated_on_greedy_runs(embedded: LoadedModel):
+def test_components_are_calibrated_on_text(embedded: LoadedModel):
     prefill, decode = get_adapter("tiny-gemma").components(embedded, n_calibration=3)
     spec = prefill.info
     assert (prefill.name, decode.name) == ("prefill", "decode") and prefill.holds_student and decode.holds_student
@@ -139,9 +141,31 @@ def test_components_are_calibrated_on_greedy_runs(embedded: LoadedModel):
     assert min(int(row[2].sum()) for row in prefill.calibration) < 64
     positions = [int(row[1]) for row in decode.calibration]
     assert [int(row[2].sum()) for row in decode.calibration] == positions  # the cache holds every earlier token
-    assert positions[0] == max(positions) and len(set(positions)) == 3
-    for row in decode.calibration:  # slots past the position are empty
-        assert float(row[3][:, :, int(row[1]) :].abs().max()) == 0.0 and float(row[3].abs().max()) > 0.0
+    assert positions[0] == 127 and len(set(positions)) == 3  # the sample: a full cache
+    for (_, _, mask), row in zip(prefill.calibration, decode.calibration, strict=True):
+        assert int(row[1]) >= int(mask.sum())  # decoded after its prefill
+        empty = row[3][:, :, int(row[1]) :]  # slots past the position (none at a full cache)
+        assert (empty.numel() == 0 or float(empty.abs().max()) == 0.0) and float(row[3].abs().max()) > 0.0
+
+
+def test_text_decode_feed_is_the_deployed_loops_call(embedded: LoadedModel):
+    """The calibration's decode input at position p (one prefill of length p) is the call the deployed loop makes
+    for the last token of a (p + 1)-token prompt (a prefill of N, then decode calls)."""
+    spec = graph_spec(embedded.student, context=default_context(embedded))
+    tokens = embedded.parts["tokenizer"]("import os\n" * 10)["input_ids"][:90]
+    assert len(tokens) == 90 > spec.prompt_length
+    log: list = []
+    greedy_decode(recording(torch_runner(build_graphs(embedded.student, spec), spec), log), spec, tokens,
+                  max_new_tokens=1)
+    deployed = log[-1][1]
+    assert log[-1][0] == "decode" and int(deployed["position_ids"][0, 0]) == 89
+    forced = text_decode_feed(embedded.student, spec, tokens)
+    assert set(forced) == set(deployed)
+    for name, value in deployed.items():
+        scale = max(float(np.abs(value).max()), 1.0)
+        assert np.abs(forced[name].astype(np.float64) - value).max() <= 1e-4 * scale, name
+    with pytest.raises(ConfigError, match="outside 1..127"):
+        text_decode_feed(embedded.student, spec, tokens[:1])
 
 
 # ---------------------------------------------------------------- train -> export -> compile

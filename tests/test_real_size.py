@@ -60,3 +60,28 @@ def test_table_states_each_target(real_size):
     assert "compile finishes: met, 90 s" in table
     assert "failed (1)" in table and "export memory: not measured" in table
     assert "timed out" in table and "compile finishes: NOT met" in table
+
+
+def test_a_model_of_two_graphs_gets_a_row_per_graph(real_size):
+    gib = 1 << 30
+    stage = {"seconds": 100.0, "exit_code": 0, "timed_out": False}
+    logits = {"mean_steps": 0.5, "max_steps": 2.0, "passed": True}
+    caches = {f"key_{i}": {"mean_steps": 0.1, "max_steps": 1.0 + i, "passed": True} for i in range(4)}
+    graph = {"files": {}, "parity": {"logits": logits} | caches}
+    data = {"gemma2b": {"llm": {
+        "int4": True, "fp32_weight_bytes": 10 * gib, "note": "a note", "ptq": stage | {"peak_rss_bytes": gib},
+        "export": stage | {"peak_rss_bytes": 12 * gib, "graphs": {
+            "prefill": graph | {"files": {"prefill.onnx": gib}},
+            "decode": graph | {"files": {"decode.onnx": gib // 2}}}},
+        "compile": stage | {"peak_rss_bytes": 9 * gib, "graphs": {
+            "prefill": {"compile_seconds": 90.0, "bytes_per_weight": 0.55, "context_binary_bytes": gib},
+            "decode": {"compile_seconds": 80.0, "bytes_per_weight": 0.65, "context_binary_bytes": gib}}}}}}
+    table = real_size.render_table(data)
+    prefill = next(line for line in table.splitlines() if line.startswith("| gemma2b / llm: prefill |"))
+    decode = next(line for line in table.splitlines() if line.startswith("| gemma2b / llm: decode |"))
+    assert "| 1.00 GiB |" in prefill and "| 0.50 GiB |" in decode  # each graph's own Q/DQ file
+    assert "logits 0.50/2.00 steps ok; worst of the other 4: key_3 0.10/4.00 steps ok (all ok)" in prefill
+    assert "| 0.550 |" in prefill and "| 0.650 |" in decode
+    assert "export peak 1.20× fp32 weights" in table and table.count("a note") == 1
+    assert "compiled 0.550 B/weight (INT4 target ≤ 0.6): met" in table
+    assert "compiled 0.650 B/weight (INT4 target ≤ 0.6): NOT met" in table

@@ -42,6 +42,7 @@ from fraqat_deploy.errors import ConfigError, InputError
 from fraqat_deploy.export.graph import OPSET, export_float
 from fraqat_deploy.export.half import HalfExport
 from fraqat_deploy.export.half import is_quiet as half_weight_in_making
+from fraqat_deploy.export.half import prepared as half_prepared
 from fraqat_deploy.export.qdq import (
     FIXED_OUTPUTS,
     RULE,
@@ -175,15 +176,16 @@ def _shares_parameters(module: torch.nn.Module, others: list[torch.nn.Module]) -
     return any(p.data_ptr() in mine for other in others for p in other.parameters())
 
 
-def export_component(component: Component, out: Path, *, owned: bool = False,
+def export_component(component: Component, out: Path, *, owned: bool = False, release: bool = True,
                      step: Callable[[str], None] | None = None) -> dict[str, Any]:
     """One component: HTP forms, the rule's weights, float export, Q/DQ, parity. Returns its record.
 
     ``owned``: the export may change ``component.module`` (no copy of the module is made); otherwise it works on
-    a copy. Either way the module it works on has its quantized layers' float weights freed as their integer form
-    is taken (a copy too: a Gemma-2 prefill graph is exported from a copy of the student it shares with the decode
-    graph, and at 2.6B parameters that copy's weights are GBs beside the calibration session). ``step`` hears the
-    name of each step as it starts (minutes each at real size: the progress line shows them).
+    a copy. ``release``: the module it works on has its quantized layers' float weights freed as their integer
+    form is taken; without it the module stays ready for the next component that shares it (Gemma-2's prefill and
+    decode graphs around one student: each step below is done once on the shared layers, so the second export
+    starts from the first one's codes, and no copy of a 2.6B student is made). ``step`` hears the name of each step
+    as it starts (minutes each at real size: the progress line shows them).
 
     Memory, in order (a big model never holds two copies of its float weights): the float graph is written with
     its weights in external data straight from the exporter and read back without them; the fake-quant reference
@@ -198,7 +200,7 @@ def export_component(component: Component, out: Path, *, owned: bool = False,
     forms = htp_forms(module)
     # 16-bit weights (a Gemma-2 checkpoint as shipped): the same Q/DQ result, computed a tensor at a time in
     # float32, without a float32 copy of the module (export/half.py)
-    half = HalfExport(module, RULE_WEIGHT_BITS) if has_half(module) else None
+    half = HalfExport(module, RULE_WEIGHT_BITS) if has_half(module) or half_prepared(module) else None
     if half is None:
         apply_rule_to_weights(module)
     layers = quant_layers(module)
@@ -227,7 +229,7 @@ def export_component(component: Component, out: Path, *, owned: bool = False,
     step("Q/DQ graph (calibration probe)")
     streamed = data_file(float_path).is_file()  # a big float graph: the Q/DQ one is written as it is built too
     qdq_model, report = build_qdq(float_model, module, work.input_names, work.calibration,
-                                  base_dir=float_path.parent, release=True,
+                                  base_dir=float_path.parent, release=release,
                                   data_path=data_file(qdq_path) if streamed else None)
     del float_model
     release_memory()
@@ -286,9 +288,10 @@ def export_run(run: Path, model: str | None = None, *, components: list[str] | N
         while pending:
             component = pending.pop(0)
             tick(0, info=component.name)
-            owned = not _shares_parameters(component.module, [c.module for c in pending])
+            # the export owns every module; one shared with a later component keeps its weights until that one
+            release = not _shares_parameters(component.module, [c.module for c in pending])
             records[component.name] = export_component(
-                component, out, owned=owned,
+                component, out, owned=True, release=release,
                 step=lambda what, name=component.name: tick(0, info=f"{name}: {what}"))
             tick(info=f"{component.name} done")
             del component

@@ -52,6 +52,12 @@ def is_quiet() -> bool:
     return _quiet[0] > 0
 
 
+def prepared(module: nn.Module) -> bool:
+    """Whether ``module`` was prepared by a ``HalfExport`` whose codes it still holds (a student shared by two graphs
+    is exported twice: the second export starts from the codes, its weights are placeholders by then)."""
+    return any(getattr(m, "rule_codes", None) is not None for m in module.modules())
+
+
 def placeholder(shape: torch.Size) -> nn.Parameter:
     """A float32 parameter of ``shape`` that holds one value (zero, broadcast): what tracing needs of a weight."""
     return nn.Parameter(torch.zeros((), dtype=torch.float32).expand(shape), requires_grad=False)
@@ -93,9 +99,10 @@ class HalfExport:
         layer.half_source = dequantized  # type: ignore[assignment]
 
     def _rule(self, m: nn.Module, bits: int) -> None:
-        q, scale, _ = quantize_weight(m.weight.detach().float(), bits, "narrow", "channel")
-        m.rule_codes = (q.to(torch.int8), scale)  # type: ignore[assignment]
-        m.weight = placeholder(m.weight.shape)
+        if getattr(m, "rule_codes", None) is None:  # (a module exported before keeps its codes: see prepared)
+            q, scale, _ = quantize_weight(m.weight.detach().float(), bits, "narrow", "channel")
+            m.rule_codes = (q.to(torch.int8), scale)  # type: ignore[assignment]
+            m.weight = placeholder(m.weight.shape)
 
         def dequantized(m: nn.Module = m) -> torch.Tensor:
             q, scale = m.rule_codes  # type: ignore[misc]

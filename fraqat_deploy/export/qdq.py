@@ -64,13 +64,16 @@ _ACT_DTYPE = {8: (np.uint8, TensorProto.UINT8), 16: (np.uint16, TensorProto.UINT
 
 
 def apply_rule_to_weights(module: nn.Module) -> dict[str, nn.Module]:
-    """Quantize, in place, the Linear / Conv2d weights the training left in float (the rule: INT8 per channel)."""
+    """Quantize, in place, the Linear / Conv2d weights the training left in float (the rule: INT8 per channel).
+    Once: a layer already quantized (a student shared by two graphs is exported twice) is left as it is."""
     layers = {}
     for name, m in module.named_modules():
         if isinstance(m, (nn.Linear, nn.Conv2d)) and not is_quant_layer(m):
-            q, scale, _ = quantize_weight(m.weight, RULE_WEIGHT_BITS, "narrow", "channel")
-            with torch.no_grad():
-                m.weight.copy_(q * scale)
+            if not getattr(m, "rule_applied", False):
+                q, scale, _ = quantize_weight(m.weight, RULE_WEIGHT_BITS, "narrow", "channel")
+                with torch.no_grad():
+                    m.weight.copy_(q * scale)
+                m.rule_applied = True  # type: ignore[assignment]
             layers[name] = m
     return layers
 

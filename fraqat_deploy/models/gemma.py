@@ -170,9 +170,9 @@ class GemmaAdapter(ModelAdapter):
     def components(self, model: LoadedModel, student: nn.Module | None = None, *, n_calibration: int = 8,
                    seed: int = 0) -> list[Component]:
         """``prefill`` and ``decode`` graphs with an explicit KV cache (see ``gemma_graphs``), at the model's
-        distillation length as context; calibrated on the full-precision model's greedy runs of text prompts."""
+        distillation length as context; calibrated on the full-precision model reading held-out text."""
         spec = graph_spec(model.student, context=default_context(model))
-        prompts = self.calibration_rows(model, n_calibration, spec.prompt_length, seed)
+        prompts = self.calibration_rows(model, n_calibration, spec.context, seed)
         return gemma_components(model, student if student is not None else model.student, prompts,
                                 n_calibration=n_calibration, context=spec.context)
 

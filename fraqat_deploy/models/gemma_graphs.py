@@ -25,7 +25,7 @@ MLPs, norms, embedding, LM head), so a trained student's quantized layers are th
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -397,37 +397,38 @@ def build_graphs(lm: nn.Module, spec: GemmaGraphSpec) -> dict[str, nn.Module]:
 @torch.no_grad()
 def gemma_components(model: LoadedModel, student: nn.Module, prompts: torch.Tensor, *, n_calibration: int,
                      context: int | None = None, prompt_length: int | None = None) -> list[Component]:
-    """The prefill and decode graphs around ``student``, calibrated on the full-precision model's own greedy
-    runs: ``prompts`` are token rows [n, >= N] (held-out text), after <bos> and cut to lengths spread over 1/4..1
-    of N."""
+    """The prefill and decode graphs around ``student``, calibrated on the full-precision model reading held-out
+    text: ``prompts`` are token rows [n, >= C - 1] that follow <bos> as the tokenizer starts a prompt.
+
+    Prefill inputs: the first tokens of each row, full (the sample, i = 0) or from a quarter to almost all of N.
+    Decode inputs: the decode graph's call at position ``p`` of the same text, as the deployed loop makes it for a
+    prompt longer than N (the token at ``p``, the cache of positions 0..p-1), at a full cache for the sample and
+    spread over the positions after each row's prefill for the others. The cache is the FP model's keys and values
+    of the text, computed in one pass over positions 0..p-1 (a prefill graph of length p): one forward of at most C
+    tokens per input, where the FP model's own greedy run to position p would take p - N decode calls (hours for a
+    2B model on a few CPU cores)."""
     tokenizer = model.parts.get("tokenizer")
     pad_id = int(getattr(tokenizer, "pad_token_id", None) or 0)
-    eos_id = getattr(tokenizer, "eos_token_id", None)
     bos = [int(tokenizer.bos_token_id)] if getattr(tokenizer, "bos_token_id", None) is not None else []
     spec = graph_spec(model.student, context=context or default_context(model), prompt_length=prompt_length,
                       pad_id=pad_id)
     n = spec.prompt_length
-    if n_calibration < 1 or prompts.shape[0] < n_calibration or prompts.shape[1] < n:
-        raise ConfigError(f"need {n_calibration} calibration prompts of {n} tokens, got {tuple(prompts.shape)}",
-                          "ask for fewer calibration examples")
-    fp = torch_runner(build_graphs(model.student, spec), spec)
+    if n_calibration < 1 or prompts.shape[0] < n_calibration or len(bos) + prompts.shape[1] < spec.context:
+        raise ConfigError(f"need {n_calibration} calibration rows of {spec.context - len(bos)} tokens, got "
+                          f"{tuple(prompts.shape)}", "ask for fewer calibration examples")
     prefill_rows: list[tuple[torch.Tensor, ...]] = []
     decode_rows: list[tuple[torch.Tensor, ...]] = []
     for i in range(n_calibration):
-        # the sample (i = 0) is a full prompt; the others from a quarter to almost all of N
         length = n if i == 0 else max(1, n // 4 + (3 * n // 4) * (i - 1) // max(n_calibration - 1, 1))
-        log: list[tuple[str, dict[str, np.ndarray]]] = []
-        prompt = (bos + prompts[i].tolist())[:length]  # as the tokenizer starts a prompt
-        greedy_decode(recording(fp, log), spec, prompt,
-                      max_new_tokens=spec.context - length, eos_id=eos_id)
-        prefill_rows.append(_row(log[0][1], spec.prefill_inputs()))
-        decodes = [feed for name, feed in log if name == "decode"]
-        if decodes:
-            # the sample: the last step (a full cache); the others spread over the run
-            pick = len(decodes) - 1 if i == 0 else len(decodes) * i // n_calibration
-            decode_rows.append(_row(decodes[pick], spec.decode_inputs()))
+        text = (bos + prompts[i].tolist())[: spec.context]
+        prefill_rows.append(_row(prefill_feed(spec, text[:length]), spec.prefill_inputs()))
+        steps = spec.context - length  # decode calls at positions length..C-1 after this prefill
+        position = spec.context - 1 if i == 0 else length + steps * i // n_calibration
+        if position >= length:
+            decode_rows.append(_row(text_decode_feed(model.student, spec, text[: position + 1]),
+                                    spec.decode_inputs()))
     if not decode_rows:
-        raise ConfigError("the calibration runs made no decode step", "use prompts that do not end at once")
+        raise ConfigError("the calibration prompts leave no position to decode", "export a longer context")
     info = spec.to_dict()
     return [
         Component("prefill", PrefillGraph(student, spec), spec.prefill_inputs(), spec.outputs(), prefill_rows,
@@ -435,6 +436,22 @@ def gemma_components(model: LoadedModel, student: nn.Module, prompts: torch.Tens
         Component("decode", DecodeGraph(student, spec), spec.decode_inputs(), spec.outputs(), decode_rows,
                   holds_student=True, info=info),
     ]
+
+
+@torch.no_grad()
+def text_decode_feed(lm: nn.Module, spec: GemmaGraphSpec, tokens: list[int]) -> dict[str, np.ndarray]:
+    """The decode graph's feed for the last of ``tokens`` at its position ``p = len(tokens) - 1``, with the cache of
+    ``lm`` over ``tokens[:p]`` (computed by one prefill graph of length p)."""
+    position = len(tokens) - 1
+    if not 1 <= position <= spec.cache_slots:
+        raise ConfigError(f"a decode call at position {position} is outside 1..{spec.cache_slots}",
+                          "pass between 2 and C tokens")
+    prefix = replace(spec, prompt_length=position)
+    out = torch_runner({"prefill": PrefillGraph(lm, prefix).eval()}, prefix)("prefill",
+                                                                             prefill_feed(prefix, tokens[:position]))
+    cache = KvCache(spec)
+    cache.write(out, 0, position)
+    return cache.decode_feed(tokens[position], position)
 
 
 def _row(feed: Mapping[str, np.ndarray], names: list[str]) -> tuple[torch.Tensor, ...]:
