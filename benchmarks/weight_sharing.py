@@ -12,6 +12,9 @@ once, and every ``*_ctx.onnx`` points at it (x86_64 hosts only). This probe meas
    group of one graph (the same session flags, one graph in the binary);
 3. when it opens: the greedy tokens of the shared pair on the simulator against the separate pair and the CPU Q/DQ
    models (tiny-Gemma only).
+4. the cause, narrowed: one model cut in two partitions by a CPU operator (two QNN graphs in one context binary
+   without weight sharing) opened on the simulator, and the same model compiled as a group of one (the session flags
+   turn the HTP weight-sharing context option on).
 
 Pairs: ``matmul`` (two one-MatMul Q/DQ graphs with one 64x64 INT8 weight of the same name and value, 8 rows and
 1 row) and ``tiny-gemma`` (a short FraQAT run, exported: the real prefill + decode graphs at tiny size; or
@@ -73,6 +76,34 @@ def matmul_pair(folder: Path) -> Path:
     return folder
 
 
+def two_partitions(folder: Path) -> Path:
+    """One Q/DQ model, MatMul -> Erf (float, left to the CPU) -> MatMul: two HTP partitions, so two QNN graphs in
+    the one context binary of one compile session."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(np.array(0.05, np.float32), "a_s"),
+             numpy_helper.from_array(np.array(128, np.uint8), "a_z")]
+    nodes = []
+    for i, (src, dst) in enumerate((("x", "m1"), ("m2", "out"))):
+        inits += [numpy_helper.from_array(rng.integers(-8, 8, size=(64, 64)).astype(np.int8), f"w{i}"),
+                  numpy_helper.from_array(np.array(0.01, np.float32), f"w{i}_s"),
+                  numpy_helper.from_array(np.array(0, np.int8), f"w{i}_z")]
+        nodes += [helper.make_node("QuantizeLinear", [src, "a_s", "a_z"], [f"x{i}q"], name=f"q_in{i}"),
+                  helper.make_node("DequantizeLinear", [f"x{i}q", "a_s", "a_z"], [f"x{i}d"], name=f"dq_in{i}"),
+                  helper.make_node("DequantizeLinear", [f"w{i}", f"w{i}_s", f"w{i}_z"], [f"w{i}d"], name=f"dq_w{i}"),
+                  helper.make_node("MatMul", [f"x{i}d", f"w{i}d"], [f"y{i}"], name=f"matmul{i}"),
+                  helper.make_node("QuantizeLinear", [f"y{i}", "a_s", "a_z"], [f"y{i}q"], name=f"q_out{i}"),
+                  helper.make_node("DequantizeLinear", [f"y{i}q", "a_s", "a_z"], [dst], name=f"dq_out{i}")]
+        if i == 0:
+            nodes.append(helper.make_node("Erf", ["m1"], ["m2"], name="erf_on_cpu"))
+    graph = helper.make_graph(nodes, "two_partitions", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 64])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [4, 64])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    model.ir_version = 10
+    onnx.save(model, str(folder / "partitions.onnx"))
+    return folder / "partitions.onnx"
+
+
 def tiny_gemma_run(folder: Path) -> Path:
     """A short FraQAT W4A8 tiny-Gemma run, exported (the tests' ``exported_tiny_gemma``)."""
     from fraqat_deploy.export import export_run
@@ -114,7 +145,7 @@ def child_compile(inputs: list[Path], out: Path, target: str, shared: bool) -> d
     out.mkdir(parents=True, exist_ok=True)
     if not shared:
         for path in inputs:
-            compile_onnx(path, out, target)
+            compile_onnx(path, out, target, allow_cpu_fallback=True)  # the two-partition model's Erf
     else:
         for i, path in enumerate(inputs):
             so = session_options(get_target(target), allow_cpu_fallback=True)
@@ -124,14 +155,15 @@ def child_compile(inputs: list[Path], out: Path, target: str, shared: bool) -> d
             compiler = ort.ModelCompiler(so, str(path), embed_compiled_data_into_model=False)
             with native_noise_filtered():
                 compiler.compile_to_file(str(out / f"{path.stem}_ctx.onnx"))
-    refs = {}
+    refs, nodes = {}, {}
     for path in inputs:
         ctx = onnx.load(str(out / f"{path.stem}_ctx.onnx"), load_external_data=False)
         refs[path.stem] = sorted({helper.get_attribute_value(a).decode() for n in ctx.graph.node
                                   if n.op_type == "EPContext" for a in n.attribute if a.name == "ep_cache_context"})
+        nodes[path.stem] = sum(n.op_type == "EPContext" for n in ctx.graph.node)
     bins = sorted(out.glob("*.bin"))
     return {"binaries": {b.name: b.stat().st_size for b in bins}, "bytes": sum(b.stat().st_size for b in bins),
-            "references": refs}
+            "references": refs, "ep_context_nodes": nodes}
 
 
 def child_load(ctx_models: list[Path], target: str, share: bool, tokens_of: Path | None) -> dict[str, Any]:
@@ -216,6 +248,20 @@ def probe_pair(name: str, export_dir: Path, work: Path, target: str, run: Path |
     return record
 
 
+def probe_partitions(work: Path, target: str) -> dict[str, Any]:
+    """Two QNN graphs in one binary from one session: opened without and with the weight-sharing option."""
+    model = two_partitions(work / "partitions")
+    record: dict[str, Any] = {}
+    for mode, label in (("separate", "without weight sharing"), ("shared", "with weight sharing")):
+        out = work / f"partitions-{mode}"
+        compiled = in_child(["compile", mode, target, str(out), str(model)], work / f"partitions-{mode}.json")
+        opened = in_child(["load", "noshare", target, str(out / "partitions_ctx.onnx")],
+                          work / f"partitions-{mode}-load.json")
+        record[label] = {"compile": compiled, "load": opened}
+        print(f"two partitions, {label}: {record[label]}", flush=True)
+    return record
+
+
 def render(data: dict[str, Any]) -> str:
     v = data["versions"]
     out = ["# One weight-shared QNN context binary for two graphs", "",
@@ -246,6 +292,14 @@ def render(data: dict[str, Any]) -> str:
             same = {label: t == r["cpu_tokens"] for label, t in tokens.items()}
             out += ["", f"{r['pair']}: greedy tokens (6 per prompt, {len(PROMPTS)} prompts) identical to the CPU Q/DQ "
                     f"models: " + (", ".join(f"{k}: {'yes' if s else 'no'}" for k, s in same.items()) or "none ran")]
+    if "partitions" in data:
+        out += ["", "One model cut in two HTP partitions by a CPU Erf (two QNN graphs in one binary, one compile "
+                "session), opened on the simulator:"]
+        for label, r in data["partitions"].items():
+            c = r["compile"]
+            graphs = sum(c.get("ep_context_nodes", {}).values())
+            out.append(f"- {label}: {graphs} EPContext nodes, {c.get('bytes', 0):,} B: "
+                       + ("opens" if r["load"]["ok"] else r["load"]["failure"]))
     out += ["", "A crash is the simulator's native library dying inside `contextCreateFromBinary` (the last log line "
             "reads `Max spill fill buffer size: 0`); ONNX Runtime's own QNN tests load a weight-shared pair only on "
             "aarch64 devices (`QnnContextShareAcrossSessions`)."]
@@ -285,7 +339,9 @@ def main(argv: list[str] | None = None) -> int:
         run = args.run or tiny_gemma_run(work)
         pairs = [probe_pair("matmul", matmul_pair(work / "matmul"), work, args.target, None),
                  probe_pair("tiny-gemma", run / "export", work, args.target, run)]
-    data = {"target": args.target, "host": platform.machine(), "versions": qnn_versions(), "pairs": pairs}
+        partitions = probe_partitions(work, args.target)
+    data = {"target": args.target, "host": platform.machine(), "versions": qnn_versions(), "pairs": pairs,
+            "partitions": partitions}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "weight_sharing.json").write_text(json.dumps(data, indent=2) + "\n")
     (RESULTS / "weight_sharing.md").write_text(render(data))
