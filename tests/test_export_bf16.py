@@ -9,6 +9,10 @@ the same initializer values, with two differences in that (inspection-only) file
 and the sign of zero of a rule weight that rounds to code 0 from below (the float32 path writes ``-0.0 * scale``
 from float codes, the 16-bit path ``0 * scale`` from its int8 codes; equal as numbers, the same INT8 code).
 
+A FraQAT run of a bfloat16 checkpoint trains float32 master weights (``train.trainer.float32_masters``): the
+same weights as the float32 checkpoint's run, bit for bit, and the same Q/DQ files; its teacher and untrained
+matrices stay bfloat16.
+
 The memory check is ``test_export_memory``'s, on a mid-size random Gemma-2 text encoder (~300 MB of bfloat16
 weights, every layer quantized by the export's rule): the export's peak, the model included, relative to the
 bfloat16 weight bytes; the same model loaded as float32 is measured too, and must exceed the bound.
@@ -207,3 +211,125 @@ def test_the_rule_quantizes_a_shared_layer_once():
         fp32[0].weight.add_(1e-3)  # off the grid: a second quantization would round it
     apply_rule_to_weights(fp32)
     assert torch.equal(fp32[0].weight, once + 1e-3)
+
+
+# ---- FraQAT training from a 16-bit checkpoint: float32 master weights --------------------------------------------
+
+#: Adam's first steps move each weight by about the learning rate: 4 steps of 1e-6 stay below half a bfloat16 ulp
+#: of any weight above 2^-11 in magnitude, so a run updating bfloat16 weights would round (nearly) all of them away
+SMALL_LR = 1e-6
+
+
+def _qat(root: Path, kind: str, trainable: str, **extra) -> Path:
+    out = root / f"qat-{kind}-{trainable}"
+    train(TrainConfig(model="gemma", source=str(root / kind), out=out, schedule="constant:4", steps=4, lr=SMALL_LR,
+                      trainable=trainable, n_train=8, n_val=4, calib_samples=8, batch_size=4, **extra),
+          show_progress=False)
+    return out
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(run / "train" / "model.safetensors"))
+
+
+def _dtypes(run: Path) -> dict[str, str]:
+    header = (run / "train" / "model.safetensors").read_bytes()
+    return {k: v["dtype"] for k, v in json.loads(header[8:8 + int.from_bytes(header[:8], "little")]).items()
+            if k != "__metadata__"}
+
+
+def test_training_from_a_bf16_checkpoint_updates_float32_masters_and_exports_the_fp32_runs_qdq(tmp_path: Path,
+                                                                                               monkeypatch):
+    """A bfloat16 and a float32 checkpoint of the same values, trained the same way (same seed, data and steps),
+    end with the same weights, bit for bit: the bfloat16 route's trained parameters are float32 masters holding
+    the float32 route's values, the forward computes in float32 from the same numbers (``models/half.py``) and the
+    gradients and Adam steps are the same float32 operations. Before master weights, the bfloat16 route's updates
+    (~1e-6 here) were rounded away. Only the feed-forward trains (``--trainable ff``), so the trained run is a
+    mixed module (float32 MLP layers in a bfloat16 model) that exports through the 16-bit path: its Q/DQ files are
+    the float32 run's, byte for byte (a trained layer's per-tensor INT4 scale comes from its largest master weight:
+    rounding the masters to bfloat16 would change it)."""
+    from fraqat_deploy.models.half import has_half
+    from fraqat_deploy.train.load import load_trained
+    from fraqat_deploy.train.trainer import Trainer
+
+    root = _checkpoints("gemma", tmp_path)
+    seen: list[tuple[set[torch.dtype], set[torch.dtype], set[torch.dtype]]] = []
+    validate = Trainer.validate
+
+    def spy(self, student, teacher, *args, **kwargs):  # the models as training holds them
+        seen.append(({p.dtype for p in teacher.parameters() if p.dim() == 2},
+                     {p.dtype for p in student.parameters() if p.requires_grad},
+                     {p.dtype for p in student.parameters() if not p.requires_grad and p.dim() == 2}))
+        return validate(self, student, teacher, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "validate", spy)
+    fp32 = _qat(root, "fp32", "ff")
+    seen.clear()
+    bf16 = _qat(root, "bf16", "ff")
+    # the teacher and the untrained matrices stay bfloat16 (memory); what trains is float32
+    assert seen and all(s == ({torch.bfloat16}, {torch.float32}, {torch.bfloat16}) for s in seen), seen
+
+    start = get_adapter("gemma").load(str(root / "bf16")).student.state_dict()
+    a, b = _weights(bf16), _weights(fp32)
+    trained = sorted(k for k in a if ".mlp." in k)
+    assert trained and {_dtypes(bf16)[k] for k in trained} == {"F32"}
+    assert {v for k, v in _dtypes(bf16).items() if k not in trained and k.endswith("proj.weight")} == {"BF16"}
+    for k in a:
+        assert torch.equal(a[k].float(), b[k]), k  # the float32 route's weights, bit for bit
+    moved = torch.cat([(a[k] - start[k].float()).flatten() for k in trained])
+    lost = torch.cat([(a[k].bfloat16() == start[k]).flatten() for k in trained])
+    assert moved.abs().max() > 0 and moved.abs().max() < 10 * SMALL_LR
+    assert lost.float().mean() > 0.9  # updated in bfloat16, these weights would not have moved
+
+    records = [json.loads((run / "run.json").read_text())["stages"]["train"]["master_weights"] for run in (bf16, fp32)]
+    n = len(trained)
+    assert records == [f"float32 ({n} of {n} trainable parameters were bfloat16)", "as loaded (float32)"]
+
+    student = load_trained(bf16).student  # the stored masters come back float32, the rest as stored
+    assert student.model.layers[0].mlp.up_proj.weight.dtype == torch.float32
+    assert student.model.layers[0].self_attn.q_proj.weight.dtype == torch.bfloat16
+    assert has_half(student)  # so the export takes the 16-bit path for the untrained rest
+    del student
+    for run in (bf16, fp32):
+        export_run(run, "gemma", n_calibration=4)
+    for component in ("prefill", "decode"):
+        assert (bf16 / "export" / f"{component}.onnx").read_bytes() == \
+            (fp32 / "export" / f"{component}.onnx").read_bytes(), component
+
+
+def test_every_parameter_trained_from_bf16_is_the_fp32_runs_and_resume_keeps_the_masters(tmp_path: Path):
+    """``--trainable all``: the embedding (tied to the LM head) trains too, as one float32 master, still tied, that
+    looks its rows up as a float32 load does; a run resumed from a checkpoint ends with the uninterrupted run's
+    float32 weights (the checkpoint stores the masters in float32)."""
+    root = _checkpoints("gemma", tmp_path)
+    fp32 = _qat(root, "fp32", "all")
+    bf16 = _qat(root, "bf16", "all", checkpoint_every=2)
+    a, b = _weights(bf16), _weights(fp32)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert set(_dtypes(bf16).values()) == {"F32"}
+    loaded = get_adapter("gemma").load(str(root / "bf16")).student
+    n_half = sum(p.dtype == torch.bfloat16 for p in loaded.parameters())
+    record = json.loads((bf16 / "run.json").read_text())["stages"]["train"]["master_weights"]
+    assert record == f"float32 ({n_half} of {len(list(loaded.parameters()))} trainable parameters were bfloat16)"
+
+    import shutil
+
+    checkpoints = bf16 / "train" / "checkpoints"
+    shutil.rmtree(checkpoints / "step-0000004")  # as if killed after step 2's checkpoint
+    (bf16 / "train" / "model.safetensors").unlink()
+    train(TrainConfig(model="gemma", source=str(root / "bf16"), out=bf16, schedule="constant:4", steps=4, lr=SMALL_LR,
+                      trainable="all", n_train=8, n_val=4, calib_samples=8, batch_size=4, checkpoint_every=2,
+                      resume=True), show_progress=False)
+    resumed = _weights(bf16)
+    assert all(torch.equal(resumed[k], a[k]) for k in a)
+
+
+def test_a_ptq_run_of_a_bf16_checkpoint_keeps_its_weights_as_loaded(tmp_path: Path):
+    root = _checkpoints("gemma", tmp_path)
+    train(TrainConfig(model="gemma", source=str(root / "bf16"), out=tmp_path / "ptq", schedule="ptq", n_train=8,
+                      n_val=4, calib_samples=8, batch_size=4), show_progress=False)
+    assert json.loads((tmp_path / "ptq" / "run.json").read_text())["stages"]["train"]["master_weights"].startswith(
+        "none")
+    assert "F32" not in {v for k, v in _dtypes(tmp_path / "ptq").items() if k.endswith("proj.weight")}

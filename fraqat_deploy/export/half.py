@@ -5,9 +5,10 @@ Every 16-bit value is exactly a float32 one, so what the float32 path computes f
 the 16-bit weight upcast, one tensor at a time:
 
 * the rule's INT8 codes and scales of each untrained Linear / Conv2d, and a trained layer's frozen codes and scales,
-  are computed from that layer's weight upcast (the float32 path's numbers); the layer then keeps only its codes
-  (int8, a quarter of a float32 copy) and its weight becomes a placeholder (a float32 zero broadcast to the
-  weight's shape: no memory);
+  are computed from that layer's weight upcast (the float32 path's numbers; a layer trained from a 16-bit
+  checkpoint holds its float32 master weight, ``train.trainer.float32_masters``, used as it is); the layer then
+  keeps only its codes (int8, a quarter of a float32 copy) and its weight becomes a placeholder (a float32 zero
+  broadcast to the weight's shape: no memory);
 * the fake-quant reference (and its noise floor) runs in float32: trained layers dequantize their codes in float32
   (``QuantMixin.quantized_weight``), a rule layer's dequantized weight is made from its codes for its own call only
   (never rounded to 16 bits), and the remaining 16-bit parameters (embeddings) are upcast as their module runs

@@ -65,6 +65,27 @@ def keep_half(module: nn.Module) -> nn.Module:
     return module
 
 
+def upcast_parameters(module: nn.Module, names: set[str]) -> int:
+    """Each 16-bit parameter of ``module`` named in ``names`` (any of a tied parameter's names) becomes a float32
+    parameter, once, still tied, with its ``requires_grad``: a trained model's float32 "master" weights
+    (``train.trainer.float32_masters``, ``train.checkpoint.load_weights``). An embedding whose table becomes
+    float32 runs its class's forward again, as a float32 load does. Returns how many parameters were upcast."""
+    # (held until the end: a freed parameter's id could be a new one's)
+    chosen = {id(p): p for name, p in module.named_parameters(remove_duplicate=False) if name in names
+              and p.dtype in HALF}
+    done: dict[int, nn.Parameter] = {}
+    for sub in module.modules():
+        for name, p in list(sub._parameters.items()):
+            if p is not None and id(p) in chosen:
+                if id(p) not in done:
+                    done[id(p)] = nn.Parameter(p.detach().float(), requires_grad=p.requires_grad)
+                sub._parameters[name] = done[id(p)]
+        if getattr(sub, ROWS_IN_FP32, False) and sub.weight.dtype == torch.float32:
+            sub.__dict__.pop("forward", None)
+            delattr(sub, ROWS_IN_FP32)
+    return len(done)
+
+
 #: marks an embedding whose forward ``keep_half`` replaced (``export.half`` traces the class's own forward)
 ROWS_IN_FP32 = "_rows_in_fp32"
 

@@ -18,6 +18,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from fraqat_deploy.errors import InputError
+from fraqat_deploy.models.half import HALF, upcast_parameters
 
 PREFIX = "step-"
 
@@ -58,7 +59,10 @@ def _safetensors_header(fh: Any) -> tuple[dict[str, Any], int]:
 def load_weights(model: nn.Module, path: Path) -> None:
     """Copy the weights of ``path`` into ``model``'s own tensors one at a time, with plain reads: a real model's
     checkpoint is GBs, and reading it through a memory map (safetensors' own reader) kept every page read resident
-    until the end (+2.3 GB peak on Sana 600M, measured)."""
+    until the end (+2.3 GB peak on Sana 600M, measured).
+
+    A 16-bit parameter of ``model`` stored in float32 (a float32 master weight of a run trained from a 16-bit
+    checkpoint, see ``trainer.float32_masters``) becomes float32: copied into 16 bits it would be rounded."""
     if not path.is_file():
         raise InputError(f"no weights at {path}", "check the run folder, or train again")
     damaged = "the file is damaged: train again or resume"
@@ -75,6 +79,11 @@ def load_weights(model: nn.Module, path: Path) -> None:
         if missing or unexpected:
             raise InputError(f"weights {path} do not fit the model (missing {missing[:3]}, unexpected "
                              f"{unexpected[:3]})", misfit)
+        masters = {key for key, entry in header.items() if isinstance(entry, dict) and entry.get("dtype") == "F32"
+                   and state[key].dtype in HALF}
+        if masters:
+            upcast_parameters(model, masters)
+            state = model.state_dict()
         with torch.no_grad():
             for key, entry in header.items():
                 try:

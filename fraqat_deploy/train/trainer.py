@@ -6,7 +6,8 @@ Activation encodings come from ``--calibration`` over ``--calib-samples`` traini
 (again at each stage start with ``--recalibrate-each-stage``); ``learned`` trains them with the weights.
 
 Layout written under ``<run>/train/``: ``metrics.jsonl`` (one line per step and per validation),
-``quant_state.json``, ``model.safetensors`` (final weights), ``data.safetensors`` (the distillation inputs,
+``quant_state.json``, ``model.safetensors`` (final weights, as held: a 16-bit checkpoint's trained parameters in
+float32, its others 16-bit, see ``float32_masters``), ``data.safetensors`` (the distillation inputs,
 cached), ``checkpoints/step-N/``. ``--resume`` continues from the newest checkpoint and, on the CPU, ends
 with the same weights as an uninterrupted run.
 """
@@ -32,6 +33,7 @@ from torch import nn
 
 from fraqat_deploy.errors import ConfigError, InputError
 from fraqat_deploy.models import DistillData, LoadedModel, ModelAdapter, get_adapter
+from fraqat_deploy.models.half import HALF, upcast_parameters
 from fraqat_deploy.quant import (
     calibrate,
     clamp_learned,
@@ -71,6 +73,21 @@ def distill_loss(student_out: torch.Tensor, teacher_out: torch.Tensor, kind: str
         return F.mse_loss(s, t)
     # KL(teacher || student) per token, over the vocabulary
     return F.kl_div(F.log_softmax(s, -1), F.log_softmax(t, -1), log_target=True, reduction="none").sum(-1).mean()
+
+
+def float32_masters(student: nn.Module) -> str:
+    """Every trainable 16-bit parameter of ``student`` becomes float32 before the optimizer sees it: its "master"
+    weight, as in any mixed-precision trainer. Updated in bfloat16 (8 significant bits), an Adam step smaller than
+    half a unit in the last place of the weight (1.2e-4 at |w| ~ 0.02, above a 1e-4 step) would be rounded away.
+    Parameters that do not train stay as loaded (16-bit, computing in float32: ``models/half.py``), and so does the
+    teacher. Returns what run.json records."""
+    trainable = [(name, p) for name, p in student.named_parameters() if p.requires_grad]
+    half = {name: p.dtype for name, p in trainable if p.dtype in HALF}
+    upcast_parameters(student, set(half))
+    if not half:
+        return f"as loaded ({', '.join(sorted({str(p.dtype).removeprefix('torch.') for _, p in trainable}))})"
+    kinds = " / ".join(sorted({str(d).removeprefix("torch.") for d in half.values()}))
+    return f"float32 ({len(half)} of {len(trainable)} trainable parameters were {kinds})"
 
 
 def seed_everything(seed: int) -> None:
@@ -207,12 +224,15 @@ class Trainer:
             n_trainable = set_trainable(student, self._trainable_patterns())
         except ValueError as e:
             raise ConfigError(str(e)) from None
+        # float32 master weights for what trains (before the optimizer, and on resume before the checkpoint's
+        # float32 weights are copied in); a PTQ run updates nothing and keeps the weights as loaded
+        masters = float32_masters(student) if self.schedule.trains else "none (PTQ: no weight is updated)"
         n_train = DistillData.rows(data.train)
         if self.dist.is_main:
             self.run.update(model={"adapter": self.adapter.name, "spec": model.spec})
             self.run.update_stage("train", "running", args=cfg.to_dict(), schedule=self.schedule.spec(),
                                   policy=policy.to_dict(), quantized_layers=len(prepared.layers),
-                                  trainable_parameters=n_trainable)
+                                  trainable_parameters=n_trainable, master_weights=masters)
 
         calib = {k: v[: cfg.calib_samples] for k, v in data.train.items()}
 
