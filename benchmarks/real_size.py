@@ -457,6 +457,9 @@ def run_component(model: str, component: str, stages: list[str], work: Path, arg
         result["compile"] |= per_graph(graphs, component, lambda g: compile_facts(run, g, args.target))
         save_result(model, key, result)
     if "parity" in stages:  # the same command with one parity row: the cached context binary, then the simulator
+        if graphs and args.graph:  # some graphs of the component only (the others: hours on the simulator)
+            graphs = [g for g in graphs if g in args.graph]
+            which = [a for g in graphs for a in ("--component", g)]
         result["parity"] = run_measured(cli + ["compile", spec["adapter"], "--run", str(run), *which,
                                                "--device", args.target, "--parity-rows", "1"],
                                         logs / f"{model}-{component}-parity.log", timeout=args.parity_timeout,
@@ -548,7 +551,8 @@ def _export_parity_cell(export: dict[str, Any]) -> str:
 
     if len(par) <= PARITY_CELL_OUTPUTS:
         return "; ".join(cell(o, m) for o, m in par.items())
-    first, *rest = par.items()
+    main = "logits" if "logits" in par else next(iter(par))  # the LLM's: its logits first
+    first, rest = (main, par[main]), [(o, m) for o, m in par.items() if o != main]
     worst = max(rest, key=lambda item: item[1]["max_steps"])
     failed = sum(not m["passed"] for _, m in rest)
     return (f"{cell(*first)}; worst of the other {len(rest)}: {cell(*worst)}"
@@ -683,6 +687,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lm-head-slices", type=int, default=1,
                         help="compile one of K equal vocabulary slices of the head instead of the whole")
     parser.add_argument("--note", help="a note kept with the component's result")
+    parser.add_argument("--graph", action="append",
+                        help="parity stage of a model of several graphs (gemma2b: prefill, decode): only these")
     args = parser.parse_args(argv)
     if args.lm_head_probe:
         print(json.dumps(lm_head_probe(args.work, args), indent=1, default=str))

@@ -67,7 +67,7 @@ def test_a_model_of_two_graphs_gets_a_row_per_graph(real_size):
     stage = {"seconds": 100.0, "exit_code": 0, "timed_out": False}
     logits = {"mean_steps": 0.5, "max_steps": 2.0, "passed": True}
     caches = {f"key_{i}": {"mean_steps": 0.1, "max_steps": 1.0 + i, "passed": True} for i in range(4)}
-    graph = {"files": {}, "parity": {"logits": logits} | caches}
+    graph = {"files": {}, "parity": caches | {"logits": logits}}  # saved with sorted keys: logits is not first
     data = {"gemma2b": {"llm": {
         "int4": True, "fp32_weight_bytes": 10 * gib, "note": "a note", "ptq": stage | {"peak_rss_bytes": gib},
         "export": stage | {"peak_rss_bytes": 12 * gib, "graphs": {
