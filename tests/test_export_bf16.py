@@ -258,16 +258,25 @@ def test_training_from_a_bf16_checkpoint_updates_float32_masters_and_exports_the
     seen: list[tuple[set[torch.dtype], set[torch.dtype], set[torch.dtype]]] = []
     validate = Trainer.validate
 
+    shared: list[tuple[int, int]] = []
+
     def spy(self, student, teacher, *args, **kwargs):  # the models as training holds them
         seen.append(({p.dtype for p in teacher.parameters() if p.dim() == 2},
                      {p.dtype for p in student.parameters() if p.requires_grad},
                      {p.dtype for p in student.parameters() if not p.requires_grad and p.dim() == 2}))
+        # the teacher holds the student's own untrained 16-bit tensors (no copy) and none that trains
+        mine = {p.data_ptr() for p in student.parameters() if not p.requires_grad and p.dim() == 2}
+        shared.append((sum(p.data_ptr() in mine for p in teacher.parameters() if p.dim() == 2), len(mine)))
+        assert not {p.data_ptr() for p in student.parameters() if p.requires_grad} \
+            & {p.data_ptr() for p in teacher.parameters()}
         return validate(self, student, teacher, *args, **kwargs)
 
     monkeypatch.setattr(Trainer, "validate", spy)
     fp32 = _qat(root, "fp32", "ff")
     seen.clear()
+    shared.clear()
     bf16 = _qat(root, "bf16", "ff")
+    assert shared and all(n == total > 0 for n, total in shared), shared
     # the teacher and the untrained matrices stay bfloat16 (memory); what trains is float32
     assert seen and all(s == ({torch.bfloat16}, {torch.float32}, {torch.bfloat16}) for s in seen), seen
 
@@ -326,10 +335,23 @@ def test_every_parameter_trained_from_bf16_is_the_fp32_runs_and_resume_keeps_the
     assert all(torch.equal(resumed[k], a[k]) for k in a)
 
 
-def test_a_ptq_run_of_a_bf16_checkpoint_keeps_its_weights_as_loaded(tmp_path: Path):
+def test_a_ptq_run_of_a_bf16_checkpoint_keeps_its_weights_as_loaded(tmp_path: Path, monkeypatch):
+    """... and its teacher is the student's own weights (a PTQ run changes no weight): no second copy of a 2.6B
+    model (the real-size PTQ of Gemma-2-2B peaked at 20.6 GiB with the copy)."""
+    from fraqat_deploy.train.trainer import Trainer
+
+    validate, seen = Trainer.validate, []
+
+    def spy(self, student, teacher, *args, **kwargs):
+        mine = {p.data_ptr() for p in student.parameters()}
+        seen.append(all(p.data_ptr() in mine for p in teacher.parameters()))
+        return validate(self, student, teacher, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "validate", spy)
     root = _checkpoints("gemma", tmp_path)
     train(TrainConfig(model="gemma", source=str(root / "bf16"), out=tmp_path / "ptq", schedule="ptq", n_train=8,
                       n_val=4, calib_samples=8, batch_size=4), show_progress=False)
     assert json.loads((tmp_path / "ptq" / "run.json").read_text())["stages"]["train"]["master_weights"].startswith(
         "none")
     assert "F32" not in {v for k, v in _dtypes(tmp_path / "ptq").items() if k.endswith("proj.weight")}
+    assert seen and all(seen)

@@ -216,7 +216,11 @@ class Trainer:
         model = self._load_model()
         self.dir.mkdir(parents=True, exist_ok=True)
         data = self._data(model)  # before prepare(): Sana samples its trajectories with the FP model
-        teacher = copy.deepcopy(model.student).to(self.device).eval().requires_grad_(False)
+        # the teacher shares the tensors the student never changes in place (no copy of a 2.6B model's weights):
+        # every weight of a PTQ run, and a training run's 16-bit weights (a trainable one becomes a new float32
+        # master, see float32_masters; the others stay frozen as loaded); a float32 weight that trains is copied
+        shared = {id(p): p for p in model.student.parameters() if not self.schedule.trains or p.dtype in HALF}
+        teacher = copy.deepcopy(model.student, memo=shared).to(self.device).eval()
         student = model.student.to(self.device)
         policy = cfg.policy(self.adapter.quant_targets, self.adapter.last_layer_patterns)
         try:
@@ -227,6 +231,8 @@ class Trainer:
         # float32 master weights for what trains (before the optimizer, and on resume before the checkpoint's
         # float32 weights are copied in); a PTQ run updates nothing and keeps the weights as loaded
         masters = float32_masters(student) if self.schedule.trains else "none (PTQ: no weight is updated)"
+        if self.schedule.trains:  # (after the student's flags: the shared tensors that train are masters by now)
+            teacher.requires_grad_(False)  # a PTQ teacher holds only the student's tensors and runs under no_grad
         n_train = DistillData.rows(data.train)
         if self.dist.is_main:
             self.run.update(model={"adapter": self.adapter.name, "spec": model.spec})
