@@ -245,6 +245,10 @@ def export_cmd(
         help="Sana: rows per transformer call, 2 (the guidance batch in one call, the default) or 1 (two calls per "
              "step: same compute, a smaller context binary, a faster compile; see the README's real-size table).")
     ] = None,
+    embedding: Annotated[Optional[str], typer.Option(
+        help="Gemma-2: where the embedding lookup runs, 'graph' (the graphs take input_ids, the default) or 'host' "
+             "(they take inputs_embeds; the table is written beside them as export/embedding.npy, float16).")
+    ] = None,
 ) -> None:
     """Export a trained run to Q/DQ ONNX (opset 21) that reproduces its quantization; checks parity on the CPU."""
     from fraqat_deploy.export import export_run
@@ -253,7 +257,7 @@ def export_cmd(
 
     with _stage_guard(run, "export"):
         manifest = export_run(run, model, components=component, n_calibration=calib_samples,
-                              guidance_batch=guidance_batch)
+                              guidance_batch=guidance_batch, embedding=embedding)
     table = Table(title=f"export of {run}")
     for col in ("component", "trained layers", "rule layers", "parity (mean / max, 8-bit steps)", ""):
         table.add_column(col)
@@ -262,7 +266,8 @@ def export_cmd(
             table.add_row(f"{name}:{out_name}", str(rec["qdq"]["trained_layers"]), str(rec["qdq"]["rule_layers"]),
                           f"{m['mean_steps']:.3f} / {m['max_steps']:.3f}", "ok" if m["passed"] else "FAIL")
     out.print(table)
-    out.print(f"written: {run / 'export'}  (export.json, parity.json, <component>.onnx)")
+    out.print(f"written: {run / 'export'}  (export.json, parity.json, <component>.onnx"
+              + "".join(f", {f['file']}" for f in manifest.get("files", {}).values()) + ")")
 
 
 def _newest(model: Optional[str], need: str, target: Optional[str], what: str) -> Path:

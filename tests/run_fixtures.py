@@ -34,3 +34,17 @@ def exported_tiny_gemma(tmp_path_factory: pytest.TempPathFactory) -> Path:
                       n_val=4, calib_samples=8), show_progress=False)
     export_run(run, "tiny-gemma")
     return run
+
+
+@pytest.fixture(scope="session")
+def exported_tiny_gemma_host(exported_tiny_gemma: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same trained tiny-Gemma exported with ``--embedding host`` (a copy of the run without export/ and the later
+    stages): the graphs take inputs_embeds and export/embedding.npy holds the table."""
+    import shutil
+
+    from fraqat_deploy.export import export_run
+
+    run = tmp_path_factory.mktemp("gemma-host") / "g1"
+    shutil.copytree(exported_tiny_gemma, run, ignore=shutil.ignore_patterns("export", "compile", "bench"))
+    export_run(run, "tiny-gemma", embedding="host")
+    return run

@@ -346,6 +346,15 @@ def test_calib_samples_sets_the_calibration_inputs(exported: Path, tmp_path: Pat
     assert zero.exit_code != 0 and "--calib-samples" in zero.output
 
 
+def test_embedding_placement_is_a_gemma_option(digits_run: Path):
+    """``--embedding`` (where Gemma-2's embedding lookup runs) on a Sana model: one line naming the fix, nothing
+    written."""
+    bad = runner.invoke(app, ["export", "digits", "--run", str(digits_run), "--embedding", "host"])
+    assert bad.exit_code != 0 and len(bad.output.strip().splitlines()) == 1, bad.output
+    assert "--embedding applies to the Gemma-2 models, not 'digits'" in bad.output and "drop --embedding" in bad.output
+    assert not (digits_run / "export" / "embedding.npy").exists()
+
+
 def test_guidance_batch_1_exports_a_one_row_transformer_that_draws_the_same_image(digits_run: Path, tmp_path: Path):
     """``export --guidance-batch 1``: the transformer graph takes one row (the host calls it for each half of the
     guidance batch), passes export parity, compiles wholly to the HTP, and the pipeline on its CPU Q/DQ graphs

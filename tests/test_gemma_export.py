@@ -268,3 +268,202 @@ def test_bench_on_the_simulator(run: Path):
     assert output["tokens_per_second"] > 0
     timings = data["timings_ms"]["components"]
     assert timings["prefill"]["n"] == 2 and timings["decode"]["n"] == 2 * (len(output["tokens"]) - 1)
+
+
+# ---------------------------------------------------------------- --embedding host
+
+
+def test_host_embedding_graphs_decode_as_the_graph_form(embedded: LoadedModel, tmp_path: Path):
+    """The PyTorch graphs fed float16 table rows (inputs_embeds) give the greedy tokens of the graphs that look the
+    ids up themselves; a spec that takes inputs_embeds refuses to run without a table."""
+    from fraqat_deploy.models.gemma_graphs import TableFile, write_embedding_table
+
+    lm = embedded.student
+    spec = graph_spec(lm, context=default_context(embedded))
+    host = graph_spec(lm, context=default_context(embedded), embedding="host")
+    assert host.prefill_inputs()[0] == host.decode_inputs()[0] == "inputs_embeds"
+    assert host.to_dict()["embedding"] == "host" and spec.to_dict()["embedding"] == "graph"
+    record = write_embedding_table(lm.model.embed_tokens, host.vocab, tmp_path / "embedding.npy", block=7)
+    table = np.load(tmp_path / "embedding.npy")
+    assert table.dtype == np.float16 and table.shape == (host.vocab, lm.config.hidden_size)
+    assert record["shape"] == list(table.shape) and record["bytes"] == (tmp_path / "embedding.npy").stat().st_size
+    # the module's output (Gemma-2's sqrt(hidden) scaling included), rounded to float16
+    with torch.no_grad():
+        rows = lm.model.embed_tokens(torch.arange(host.vocab)).numpy()
+    assert np.array_equal(table, rows.astype(np.float16)) and np.abs(rows).max() > 1.0
+    graph_run = torch_runner(build_graphs(lm, spec), spec)
+    host_run = torch_runner(build_graphs(lm, host), host)
+    tokenizer = embedded.parts["tokenizer"]
+    for prompt in [*PROMPTS, "import os\n" * 7]:
+        ids = tokenizer(prompt)["input_ids"]
+        assert greedy_decode(host_run, host, ids, max_new_tokens=24, embedding=TableFile(tmp_path / "embedding.npy")) \
+            == greedy_decode(graph_run, spec, ids, max_new_tokens=24), prompt
+    with pytest.raises(ConfigError, match="inputs_embeds"):
+        greedy_decode(host_run, host, [1, 2], max_new_tokens=1)
+
+
+def _vocab_gathers(model: onnx.ModelProto, vocab: int) -> list[str]:
+    """Gather nodes whose data is a [vocab, ...] table (an initializer, through a DequantizeLinear or not)."""
+    shapes = {i.name: list(i.dims) for i in model.graph.initializer}
+    producers = {o: n for n in model.graph.node for o in n.output}
+    found = []
+    for node in model.graph.node:
+        if node.op_type != "Gather":
+            continue
+        data = node.input[0]
+        while data in producers and producers[data].op_type in ("DequantizeLinear", "Cast", "Identity"):
+            data = producers[data].input[0]
+        if shapes.get(data, [0])[0] == vocab and len(shapes[data]) == 2:
+            found.append(node.name)
+    return found
+
+
+@pytest.fixture(scope="module")
+def host_run(exported_tiny_gemma_host: Path) -> Path:
+    return exported_tiny_gemma_host
+
+
+def test_export_embedding_host_on_the_command_line(exported_tiny_gemma: Path, tmp_path: Path):
+    """``export --embedding host`` through the CLI names the table it wrote; an unknown placement is one line."""
+    import shutil
+
+    run = tmp_path / "g1"
+    shutil.copytree(exported_tiny_gemma, run, ignore=shutil.ignore_patterns("export", "compile", "bench"))
+    bad = runner.invoke(app, ["export", "tiny-gemma", "--run", str(run), "--embedding", "phone"])
+    assert bad.exit_code != 0 and "embedding placement 'phone'" in bad.output
+    assert len(bad.output.strip().splitlines()) == 1, bad.output
+    result = runner.invoke(app, ["export", "tiny-gemma", "--run", str(run), "--embedding", "host", "--calib-samples",
+                                 "2"])
+    assert result.exit_code == 0, result.output
+    assert "embedding.npy" in result.output and (run / "export" / "embedding.npy").is_file()
+
+
+def test_host_embedding_export(host_run: Path, exported_tiny_gemma: Path):
+    from fraqat_deploy.export import load_inputs
+    from fraqat_deploy.runs import sha256_file
+    from fraqat_deploy.train.load import load_trained
+
+    manifest = json.loads((host_run / "export" / "export.json").read_text())
+    for name, rec in manifest["components"].items():
+        for output, m in rec["parity"].items():
+            assert m["passed"], (name, output, m)
+        assert rec["info"]["embedding"] == "host" and rec["input_names"][0] == "inputs_embeds"
+    shapes = manifest["components"]["prefill"]["input_shapes"]
+    trained = load_trained(host_run)
+    hidden, vocab = trained.student.config.hidden_size, trained.student.config.vocab_size
+    assert shapes["inputs_embeds"] == [1, 64, hidden] and "input_ids" not in shapes
+    assert manifest["components"]["decode"]["input_shapes"]["inputs_embeds"] == [1, 1, hidden]
+    record = manifest["files"]["embedding"]
+    path = host_run / "export" / record["file"]
+    table = np.load(path, mmap_mode="r")
+    assert (record["dtype"], record["shape"]) == ("float16", [vocab, hidden])
+    assert table.dtype == np.float16 and table.shape == (vocab, hidden)
+    assert record["sha256"] == sha256_file(path) and record["bytes"] == path.stat().st_size
+    # the table is the trained student's embedding output, rounded to float16
+    with torch.no_grad():
+        rows = trained.student.model.embed_tokens(torch.arange(vocab)).float().numpy()
+    assert np.array_equal(np.asarray(table), rows.astype(np.float16))
+    # every calibration input the graphs (and the torch reference) were given is a row of that table, exactly
+    for name in ("prefill", "decode"):
+        embeds = load_inputs(host_run / "export" / f"{name}.inputs.npz")["inputs_embeds"].reshape(-1, hidden)
+        assert embeds.dtype == np.float32
+        assert all((np.asarray(table, dtype=np.float32) == row).all(axis=1).any() for row in embeds), name
+    # no Gather over the [vocab, hidden] table in the host graphs; the default graphs have one each
+    graph_vocab = json.loads((exported_tiny_gemma / "export" / "export.json").read_text())
+    assert "files" not in graph_vocab
+    for name in ("prefill", "decode"):
+        assert _vocab_gathers(onnx.load(str(host_run / "export" / f"{name}.onnx")), vocab) == [], name
+        assert len(_vocab_gathers(onnx.load(str(exported_tiny_gemma / "export" / f"{name}.onnx")), vocab)) == 1
+    assert (host_run / "export" / "prefill.onnx").stat().st_size < \
+        (exported_tiny_gemma / "export" / "prefill.onnx").stat().st_size
+
+
+def test_host_embedding_compiles_for_s25u_and_decodes_as_the_graph_form(host_run: Path, exported_tiny_gemma: Path):
+    """The host form compiles wholly to the HTP with HTP parity; on ONNX Runtime CPU (Q/DQ) and on the simulator its
+    greedy tokens are the default form's on the same prompts, but for a near tie (as between CPU and HTP above)."""
+    pytest.importorskip("onnxruntime_qnn")
+    from fraqat_deploy.compile.htp import cpu_session, htp_session
+    from fraqat_deploy.device.pipeline import gemma_spec
+    from fraqat_deploy.models.gemma_graphs import TableFile
+    from fraqat_deploy.targets import get_target
+
+    result = runner.invoke(app, ["compile", "tiny-gemma", "--run", str(host_run), "--device", "s25u"])
+    assert result.exit_code == 0, result.output
+    out = host_run / "compile" / "s25u"
+    for name, rec in json.loads((out / "compile.json").read_text())["components"].items():
+        assert rec["coverage"]["cpu_fallback"] == 0 and rec["coverage"]["htp_fraction"] == 1.0, name
+    for name, record in json.loads((out / "htp_parity.json").read_text())["components"].items():
+        assert record["passed"] and record["rows"] >= 1, name
+
+    def spec_of(run):
+        info = json.loads((run / "export" / "export.json").read_text())["components"]["decode"]["info"]
+        return gemma_spec({"spec": info})
+
+    host, graph = spec_of(host_run), spec_of(exported_tiny_gemma)
+    assert host.host_embedding and not graph.host_embedding
+    table = TableFile(host_run / "export" / "embedding.npy")
+    tokenizer = get_adapter("tiny-gemma").load().parts["tokenizer"]
+
+    def logged(run, log):
+        def call(component, feed):
+            out = run(component, feed)
+            log.append(out["logits"])
+            return out
+        return call
+
+    runs = {"cpu": lambda run, c: cpu_session(run / "export" / f"{c}.onnx")}
+    if (exported_tiny_gemma / "compile" / "s25u" / "compile.json").is_file():
+        runs["htp"] = lambda run, c: htp_session(run / "compile" / "s25u" / f"{c}_ctx.onnx", get_target("s25u"),
+                                                 allow_cpu_fallback=True)
+    for where, session in runs.items():
+        on_host = session_runner({c: session(host_run, c) for c in ("prefill", "decode")})
+        on_graph = session_runner({c: session(exported_tiny_gemma, c) for c in ("prefill", "decode")})
+        for prompt in PROMPTS:
+            ids = tokenizer(prompt)["input_ids"]
+            host_log, graph_log = [], []
+            a = greedy_decode(logged(on_host, host_log), host, ids, max_new_tokens=8, embedding=table)
+            b = greedy_decode(logged(on_graph, graph_log), graph, ids, max_new_tokens=8)
+            assert len(a) == len(b) == 8, (where, prompt)
+            if a != b:
+                # the first difference must be a near tie: the graph form's winner ahead of the host form's by no
+                # more than twice the largest difference of the two forms' logits at that call
+                k = next(i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y)
+                call = max(0, len(ids) - host.prompt_length) + k
+                pos = min(len(ids), host.prompt_length) - 1 if call == 0 else -1
+                row, hrow = graph_log[call][0, pos], host_log[call][0, pos]
+                margin = float(row[b[k]] - row[a[k]])
+                assert margin <= 2 * float(np.abs(row - hrow).max()), (where, prompt, a, b, margin)
+
+
+def test_bench_on_the_simulator_with_the_host_table(host_run: Path):
+    """bench --device sim pushes the table beside the models, names it in the request, and the engine feeds its rows:
+    the tokens of the host loop over the same simulated graphs."""
+    pytest.importorskip("onnxruntime_qnn")
+    from fraqat_deploy.compile.htp import htp_session
+    from fraqat_deploy.device.pipeline import gemma_spec
+    from fraqat_deploy.device.protocol import validate
+    from fraqat_deploy.models.gemma_graphs import TableFile
+    from fraqat_deploy.targets import get_target
+
+    if not (host_run / "compile" / "s25u" / "compile.json").is_file():
+        assert runner.invoke(app, ["compile", "tiny-gemma", "--run", str(host_run), "--device", "s25u"]).exit_code == 0
+    result = runner.invoke(app, ["bench", "tiny-gemma", "--run", str(host_run), "--device", "sim", "--runs", "1",
+                                 "--warmup", "0", "--max-new-tokens", "5", "--prompt", "def main("])
+    assert result.exit_code == 0, result.output
+    stage = json.loads((host_run / "run.json").read_text())["stages"]["bench/sim"]
+    out = host_run / "bench" / "sim" / stage["id"]
+    data = json.loads((out / "result.json").read_text())
+    validate("result", data)
+    request = json.loads((out / "request.json").read_text())
+    record = json.loads((host_run / "export" / "export.json").read_text())["files"]["embedding"]
+    assert request["pipeline"]["spec"]["embedding"] == "host"
+    assert request["model"]["embedding"]["sha256"] == record["sha256"]
+    pushed = host_run / "bench" / "sim" / ".device" / request["model"]["embedding"]["path"]
+    assert pushed.is_file() and pushed.stat().st_size == record["bytes"]
+    spec = gemma_spec(request["pipeline"])
+    htp = session_runner({c: htp_session(host_run / "compile" / "s25u" / f"{c}_ctx.onnx", get_target("s25u"),
+                                         allow_cpu_fallback=True) for c in ("prefill", "decode")})
+    tokenizer = get_adapter("tiny-gemma").load().parts["tokenizer"]
+    expected = greedy_decode(htp, spec, tokenizer("def main(")["input_ids"], max_new_tokens=5,
+                             eos_id=tokenizer.eos_token_id, embedding=TableFile(host_run / "export" / "embedding.npy"))
+    assert data["outputs"][0]["tokens"] == expected and expected

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from virtual_phone.kotlin_app import KotlinUnavailable, engine_classpath, kotlin_app, run_engine
 
 from fraqat_deploy.cli import app
-from fraqat_deploy.device.protocol import PACKAGE, validate
+from fraqat_deploy.device.protocol import FILES_DIR, PACKAGE, validate
 from fraqat_deploy.quality.digits import classify, digit_of_prompt
 from fraqat_deploy.quality.images import load_png, psnr, unit
 
@@ -111,6 +111,39 @@ def test_tiny_gemma_tokens_identical_to_the_python_engine(virtual_phone, classpa
     sim = bench("tiny-gemma", compiled_tiny_gemma, "sim", TEXT_PROMPT, *GEMMA_TOKENS)
     assert sim.exit_code == 0, sim.output
     _, python = latest(compiled_tiny_gemma, "sim")
+    tokens = kotlin["outputs"][0]["tokens"]
+    assert 0 < len(tokens) <= 12 and tokens == python["outputs"][0]["tokens"]
+
+
+@pytest.fixture(scope="module")
+def compiled_tiny_gemma_host(exported_tiny_gemma_host: Path) -> Path:
+    """tiny-Gemma exported with --embedding host, compiled for s25u in place."""
+    from fraqat_deploy.compile.run import compile_run
+
+    if not (exported_tiny_gemma_host / "compile" / "s25u" / "compile.json").is_file():
+        compile_run(exported_tiny_gemma_host, "s25u")
+    return exported_tiny_gemma_host
+
+
+def test_tiny_gemma_with_the_host_table_tokens_identical_to_the_python_engine(virtual_phone, classpath: str,
+                                                                              compiled_tiny_gemma_host: Path):
+    """--embedding host: the CLI pushes export/embedding.npy beside the models and names it in the request; the
+    Kotlin engine maps it and feeds inputs_embeds rows; its tokens are the Python engine's."""
+    phone = phone_with_kotlin_app(virtual_phone, classpath)
+    result = bench("tiny-gemma", compiled_tiny_gemma_host, "s25u", TEXT_PROMPT, *GEMMA_TOKENS)
+    assert result.exit_code == 0, result.output
+    out, kotlin = latest(compiled_tiny_gemma_host, "s25u")
+    validate("result", kotlin)
+    request = json.loads((out / "request.json").read_text())
+    assert request["pipeline"]["spec"]["embedding"] == "host"
+    table = request["model"]["embedding"]
+    assert table["path"].endswith("/embedding.npy") and table["sha256"] == json.loads(
+        (compiled_tiny_gemma_host / "export" / "export.json").read_text())["files"]["embedding"]["sha256"]
+    on_phone = phone.host_path(f"{FILES_DIR}/{table['path']}")
+    assert on_phone.is_file() and on_phone.stat().st_size == table["bytes"]
+    sim = bench("tiny-gemma", compiled_tiny_gemma_host, "sim", TEXT_PROMPT, *GEMMA_TOKENS)
+    assert sim.exit_code == 0, sim.output
+    _, python = latest(compiled_tiny_gemma_host, "sim")
     tokens = kotlin["outputs"][0]["tokens"]
     assert 0 < len(tokens) <= 12 and tokens == python["outputs"][0]["tokens"]
 

@@ -111,6 +111,13 @@ def build_request(run: Path, link: DeviceLink, out: Path, bench_id: str, *, prom
         model_components[name] = {"onnx": entries[0]["path"], "files": entries,
                                   "inputs": export["components"][name]["input_names"],
                                   "outputs": export["components"][name]["output_names"]}
+    embedding = _embedding_file(run, export, pipeline)
+    if embedding is not None:
+        local, digest = embedding
+        # one folder per table, named by its hash (a re-export with the same table reuses the pushed file)
+        remote = f"{MODELS_DIR}/embedding-{digest[:16]}/{local.name}"
+        files[remote] = local
+        model_embedding = {"path": remote, "sha256": digest, "bytes": local.stat().st_size}
     tensor_dir = out / "request"
     tensor_dir.mkdir(parents=True, exist_ok=True)
     request_prompts = []
@@ -133,13 +140,28 @@ def build_request(run: Path, link: DeviceLink, out: Path, bench_id: str, *, prom
         "model": {"name": trained.adapter.name, "target": link.target,
                   "soc_model": int(next(iter(components.values()))["soc_model"]),
                   "qnn_version": (next(iter(components.values())).get("versions") or {}).get("qnn_build"),
-                  "components": model_components},
+                  "components": model_components} | ({"embedding": model_embedding} if embedding else {}),
         "pipeline": pipeline, "prompts": request_prompts,
         "config": {"warmup": warmup, "runs": runs, "performance_mode": performance_mode},
     }
     validate("request", request)
     write_json_atomic(out / "request.json", request)
     return request, files
+
+
+def _embedding_file(run: Path, export: dict[str, Any], pipeline: dict[str, Any]) -> tuple[Path, str] | None:
+    """The export's embedding table and its sha256 when the Gemma graphs take ``inputs_embeds``, else None."""
+    if pipeline.get("kind") != "gemma" or pipeline.get("spec", {}).get("embedding", "graph") != "host":
+        return None
+    record = export.get("files", {}).get("embedding")
+    local = run / "export" / record["file"] if record else None
+    if local is None or not local.is_file():
+        raise InputError(f"{run / 'export'} has no embedding table for its inputs_embeds graphs",
+                         f"export again: fraqat-deploy export <model> --run {run} --embedding host")
+    if local.stat().st_size != record["bytes"]:
+        raise InputError(f"{local} is not the table the export wrote (its size differs)",
+                         f"export again: fraqat-deploy export <model> --run {run} --embedding host")
+    return local, str(record["sha256"])
 
 
 def push_files(link: DeviceLink, files: dict[str, Path], on_file: Callable[[str, bool], None] | None = None

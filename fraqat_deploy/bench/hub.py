@@ -56,6 +56,7 @@ def run_host_pipeline(run: Path, export: Mapping[str, Any], pipeline: Mapping[st
     from fraqat_deploy.device import pipeline as pipe
 
     sessions = {name: cpu_session(run / "export" / info["onnx"]) for name, info in export["components"].items()}
+    embedding = pipe.host_embedding(pipeline, export, run / "export")  # graphs that take inputs_embeds
     calls: dict[str, list[tuple[dict, list]]] = {name: [] for name in sessions}
 
     def runner(component: str, feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
@@ -70,7 +71,7 @@ def run_host_pipeline(run: Path, export: Mapping[str, Any], pipeline: Mapping[st
         if pipeline["kind"] == "sana":
             results.append(pipe.sana_generate(runner, pipeline, tensors, timed))
         elif pipeline["kind"] == "gemma":
-            results.append(pipe.gemma_generate(runner, pipeline, tensors, timed)[0])
+            results.append(pipe.gemma_generate(runner, pipeline, tensors, timed, embedding)[0])
         else:
             raise ConfigError(f"the hub bench cannot run a '{pipeline['kind']}' pipeline")
     return calls, results

@@ -89,6 +89,7 @@ class Engine:
         self.request: dict[str, Any] = {}
         self.request_id = self.out_dir.name
         self.resolution: list[int] | None = None
+        self.embedding = None  # Gemma's host-side table, for graphs that take inputs_embeds
 
     # -- status and result ----------------------------------------------------------------------------------
 
@@ -140,13 +141,31 @@ class Engine:
         self.request_id = self.request["id"]
 
     def _check_files(self) -> None:
-        for name, component in self.request["model"]["components"].items():
-            for f in component["files"]:
-                path = self.files_dir / f["path"]
-                if not path.is_file():
-                    raise BenchError("model_missing", f"{name}: {f['path']} is not on the device")
-                if path.stat().st_size != f["bytes"] or sha256_file(path) != f["sha256"]:
-                    raise BenchError("model_missing", f"{name}: {f['path']} differs from the pushed model")
+        model = self.request["model"]
+        entries = [(name, f) for name, component in model["components"].items() for f in component["files"]]
+        entries += [("embedding", model["embedding"])] if "embedding" in model else []
+        for name, f in entries:
+            path = self.files_dir / f["path"]
+            if not path.is_file():
+                raise BenchError("model_missing", f"{name}: {f['path']} is not on the device")
+            if path.stat().st_size != f["bytes"] or sha256_file(path) != f["sha256"]:
+                raise BenchError("model_missing", f"{name}: {f['path']} differs from the pushed model")
+
+    def _embedding(self):
+        """The request's embedding table (memory-mapped) when its Gemma graphs take inputs_embeds, else None."""
+        from fraqat_deploy.errors import FraqatError
+        from fraqat_deploy.models.gemma_graphs import TableFile
+
+        pipeline, model = self.request["pipeline"], self.request["model"]
+        if pipeline.get("kind") != "gemma" or pipeline.get("spec", {}).get("embedding", "graph") != "host":
+            return None
+        if "embedding" not in model:
+            raise BenchError("invalid_request", "the Gemma graphs take inputs_embeds but the request names no "
+                                                "embedding table (model.embedding)")
+        try:
+            return TableFile(self.files_dir / model["embedding"]["path"])
+        except FraqatError as e:
+            raise BenchError("model_missing", str(e)) from None
 
     def _tensors(self, prompt: Mapping[str, Any]) -> dict[str, np.ndarray]:
         tensors = {}
@@ -189,6 +208,7 @@ class Engine:
                 raise BenchError("invalid_request", f"the pipeline needs a '{component}' component")
             return sessions[component](feed)
 
+        self.embedding = self._embedding()
         prompts = [(p, self._tensors(p)) for p in request["prompts"]]
         warmup, runs = int(config["warmup"]), int(config["runs"])
         total = (warmup + runs) * len(prompts)
@@ -238,7 +258,7 @@ class Engine:
             pipe.image_to_png(image, images / f"{index}.png")
             return {"prompt": prompt["text"], "seed": prompt["seed"], "image": f"images/{index}.png"}
         if kind == "gemma":
-            tokens, seconds = pipe.gemma_generate(run, pipeline, tensors, timed)
+            tokens, seconds = pipe.gemma_generate(run, pipeline, tensors, timed, self.embedding)
             if not last:
                 return None
             return {"prompt": prompt["text"], "seed": prompt["seed"], "tokens": tokens,

@@ -17,9 +17,12 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from fraqat_deploy.errors import InputError
 
 Run = Callable[[str, Mapping[str, np.ndarray]], list[np.ndarray]]
 
@@ -61,12 +64,32 @@ def guided(v: np.ndarray, guidance: float) -> np.ndarray:
 
 def with_graph_rows(pipeline: Mapping[str, Any], export: Mapping[str, Any]) -> dict[str, Any]:
     """``pipeline`` with what the exported graphs fix: a Sana transformer's rows per call (``transformer_batch``,
-    from its latent input's batch; 2 x the prompts when the guidance batch is one call)."""
+    from its latent input's batch; 2 x the prompts when the guidance batch is one call); Gemma's graph spec as
+    exported (``info``: static shapes and where the embedding lookup runs)."""
     out = dict(pipeline)
-    shapes = export.get("components", {}).get("transformer", {}).get("input_shapes", {})
+    components = export.get("components", {})
+    shapes = components.get("transformer", {}).get("input_shapes", {})
     if out.get("kind") == "sana" and "latent" in shapes:
         out["transformer_batch"] = int(shapes["latent"][0])
+    info = components.get("decode", {}).get("info")
+    if out.get("kind") == "gemma" and info:
+        out["spec"] = dict(info)
+        out["context"] = int(info["context"])
     return out
+
+
+def host_embedding(pipeline: Mapping[str, Any], export: Mapping[str, Any], export_dir: Path):
+    """The export's embedding table (memory-mapped) when the pipeline's Gemma graphs take ``inputs_embeds``, else
+    None."""
+    from fraqat_deploy.models.gemma_graphs import TableFile
+
+    if pipeline.get("kind") != "gemma" or pipeline.get("spec", {}).get("embedding", "graph") != "host":
+        return None
+    record = export.get("files", {}).get("embedding")
+    if record is None:
+        raise InputError(f"the export in {export_dir} takes inputs_embeds but lists no embedding table",
+                         "export the run again with --embedding host")
+    return TableFile(Path(export_dir) / record["file"])
 
 
 @dataclass
@@ -119,17 +142,25 @@ def image_to_png(image: np.ndarray, path) -> None:
     Image.fromarray(array).save(path)
 
 
-def gemma_generate(run: Run, pipeline: Mapping[str, Any], tensors: Mapping[str, np.ndarray], timed: Timed
-                   ) -> tuple[list[int], float]:
-    """Greedy continuation of ``tensors["prompt_ids"]`` [1, L] through the prefill and decode graphs (the host
-    keeps the KV cache: ``models/gemma_graphs.py``). Returns the new token ids and the seconds it took, prefill
-    included (tokens per second = tokens / seconds, end to end)."""
-    from fraqat_deploy.models.gemma_graphs import GemmaGraphSpec, greedy_decode
+def gemma_spec(pipeline: Mapping[str, Any]):
+    """The pipeline's ``spec`` (``GemmaGraphSpec.to_dict()``) as a ``GemmaGraphSpec``."""
+    from fraqat_deploy.models.gemma_graphs import GemmaGraphSpec
 
     fields = dict(pipeline["spec"])
     fields.pop("cache_layout", None)
     fields["sliding_layers"] = tuple(fields.get("sliding_layers", ()))
-    spec = GemmaGraphSpec(**fields)
+    return GemmaGraphSpec(**fields)
+
+
+def gemma_generate(run: Run, pipeline: Mapping[str, Any], tensors: Mapping[str, np.ndarray], timed: Timed,
+                   embedding=None) -> tuple[list[int], float]:
+    """Greedy continuation of ``tensors["prompt_ids"]`` [1, L] through the prefill and decode graphs (the host
+    keeps the KV cache: ``models/gemma_graphs.py``). Returns the new token ids and the seconds it took, prefill
+    included (tokens per second = tokens / seconds, end to end). ``embedding``: the table (``host_embedding``) for
+    graphs that take ``inputs_embeds``; its lookups are inside the timed loop."""
+    from fraqat_deploy.models.gemma_graphs import greedy_decode
+
+    spec = gemma_spec(pipeline)
     outputs = spec.outputs()
 
     def runner(component: str, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -137,5 +168,6 @@ def gemma_generate(run: Run, pipeline: Mapping[str, Any], tensors: Mapping[str, 
 
     started = time.perf_counter()
     tokens = greedy_decode(runner, spec, [int(t) for t in np.asarray(tensors["prompt_ids"]).ravel()],
-                           max_new_tokens=int(pipeline["max_new_tokens"]), eos_id=pipeline.get("eos_token_id"))
+                           max_new_tokens=int(pipeline["max_new_tokens"]), eos_id=pipeline.get("eos_token_id"),
+                           embedding=embedding)
     return tokens, time.perf_counter() - started

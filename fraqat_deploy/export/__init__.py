@@ -259,15 +259,23 @@ def export_component(component: Component, out: Path, *, owned: bool = False, re
 
 
 def export_run(run: Path, model: str | None = None, *, components: list[str] | None = None,
-               n_calibration: int = 8, seed: int = 0, guidance_batch: int | None = None) -> dict[str, Any]:
+               n_calibration: int = 8, seed: int = 0, guidance_batch: int | None = None,
+               embedding: str | None = None) -> dict[str, Any]:
     """Export every component of a trained run (or the chosen ones). Fails loudly when parity does not hold,
-    after writing ``parity.json``. ``guidance_batch``: rows per transformer call of a Sana model (its default: 2)."""
+    after writing ``parity.json``. ``guidance_batch``: rows per transformer call of a Sana model (its default: 2).
+    ``embedding``: where a Gemma model's embedding lookup runs, "graph" (the default) or "host" (the table is
+    written beside the graphs, recorded under the manifest's ``files``)."""
     trained = load_trained(run, model)
     adapter = trained.adapter
-    options = {} if guidance_batch is None else {"guidance_batch": guidance_batch}
-    if options and "guidance_batch" not in inspect.signature(adapter.components).parameters:
-        raise ConfigError(f"--guidance-batch applies to the Sana models, not '{adapter.name}'",
-                          "drop --guidance-batch")
+    options: dict[str, Any] = {}
+    parameters = inspect.signature(adapter.components).parameters
+    for name, value, flag, family in (("guidance_batch", guidance_batch, "--guidance-batch", "Sana"),
+                                      ("embedding", embedding, "--embedding", "Gemma-2")):
+        if value is None:
+            continue
+        if name not in parameters:
+            raise ConfigError(f"{flag} applies to the {family} models, not '{adapter.name}'", f"drop {flag}")
+        options[name] = value
     # the export owns the loaded student: no copy (a real transformer is GBs); the FP model's own student is only
     # needed to make the calibration inputs
     all_components = adapter.components(trained.fp, trained.student, n_calibration=n_calibration, seed=seed,
@@ -283,6 +291,12 @@ def export_run(run: Path, model: str | None = None, *, components: list[str] | N
     rd = RunDir(run)
     out = rd.stage_dir("export")
     rd.update_stage("export", "running", components=names if not components else components)
+    # host-side files first (Gemma's embedding table): written from the modules before any export changes them
+    writers = {name: writer for c in pending for name, writer in c.files.items()}
+    files = {name: writer(out) for name, writer in writers.items()}
+    del writers
+    for c in pending:
+        c.files = {}
     records = {}
     with task("export (Q/DQ ONNX, CPU parity)", len(pending)) as tick:
         while pending:
@@ -307,6 +321,8 @@ def export_run(run: Path, model: str | None = None, *, components: list[str] | N
     })
     manifest = {"opset": OPSET, "rule": RULE, "adapter": adapter.name, "calibration_inputs": n_calibration,
                 "components": records}
+    if files:
+        manifest["files"] = files
     write_json_atomic(out / "export.json", manifest)
     failed = [f"{c}/{o} ({m['mean_steps']:.2f} mean, {m['max_steps']:.2f} max steps)"
               for c, outs in parity.items() for o, m in outs.items() if not m["passed"]]
@@ -315,5 +331,6 @@ def export_run(run: Path, model: str | None = None, *, components: list[str] | N
         raise ConfigError(f"export parity does not hold for {', '.join(failed)} (see {out / 'parity.json'})",
                           "run `fraqat-deploy debug-htp` style comparisons, or report this export as a bug")
     rd.update_stage("export", "done", components=list(records))
-    rd.record_outputs("export", [out / r["onnx"] for r in records.values()] + [out / "parity.json"])
+    rd.record_outputs("export", [out / r["onnx"] for r in records.values()] + [out / "parity.json"]
+                      + [out / f["file"] for f in files.values()])
     return manifest

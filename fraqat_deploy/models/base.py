@@ -10,6 +10,7 @@ import copy
 import json
 import re
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -58,6 +59,8 @@ class Component:
     tuples (the first is the sample) that export uses for encodings the training did not set.
     ``holds_student`` marks the component built around the trained, quantized student. ``info`` is what the host
     needs to know to drive the graph beyond its names and shapes (JSON-able; written to the export manifest).
+    ``files``: host-side files the graph needs beside it (name -> a writer into the export folder that returns the
+    file's manifest record); components that share a file give the same name.
     """
 
     name: str
@@ -67,6 +70,7 @@ class Component:
     calibration: list[tuple[torch.Tensor, ...]]
     holds_student: bool = False
     info: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, Callable[[Path], dict[str, Any]]] = field(default_factory=dict)
 
     @property
     def sample(self) -> tuple[torch.Tensor, ...]:

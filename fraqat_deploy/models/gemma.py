@@ -168,13 +168,15 @@ class GemmaAdapter(ModelAdapter):
     # -- deployment ----------------------------------------------------------------------------------------
 
     def components(self, model: LoadedModel, student: nn.Module | None = None, *, n_calibration: int = 8,
-                   seed: int = 0) -> list[Component]:
+                   seed: int = 0, embedding: str = "graph") -> list[Component]:
         """``prefill`` and ``decode`` graphs with an explicit KV cache (see ``gemma_graphs``), at the model's
-        distillation length as context; calibrated on the full-precision model reading held-out text."""
-        spec = graph_spec(model.student, context=default_context(model))
+        distillation length as context; calibrated on the full-precision model reading held-out text.
+        ``embedding``: "graph" (the graphs take input_ids) or "host" (they take inputs_embeds; the table is written
+        beside them)."""
+        spec = graph_spec(model.student, context=default_context(model), embedding=embedding)
         prompts = self.calibration_rows(model, n_calibration, spec.context, seed)
         return gemma_components(model, student if student is not None else model.student, prompts,
-                                n_calibration=n_calibration, context=spec.context)
+                                n_calibration=n_calibration, context=spec.context, embedding=embedding)
 
     def calibration_rows(self, model: LoadedModel, n: int, length: int, seed: int) -> torch.Tensor:
         """``n`` token rows of ``length`` to start calibration prompts from: the default distillation text."""

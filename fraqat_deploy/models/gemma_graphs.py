@@ -5,13 +5,14 @@ Context length ``C`` (tokens a conversation can hold, prompt included) and promp
 export (``GemmaGraphSpec``). Each layer's cache lives on the host as ``[1, kv_heads, C - 1, head_dim]`` arrays
 whose slot ``j`` holds the (rotated) key and the value of the token at position ``j``. The graphs never write it:
 
-* ``prefill``: ``input_ids [1, N]``, ``position_ids [1, N]``, ``attention_mask [1, N]`` (1 for prompt tokens,
-  0 for padding, on either side) -> ``logits [1, N, V]``, ``key_i`` / ``value_i [1, kv_heads, N, head_dim]``;
-* ``decode``: ``input_ids [1, 1]``, ``position_ids [1, 1]``, ``attention_mask [1, C - 1]`` (1 for the cache
-  slots that hold a token), ``sliding_mask [1, C - 1]`` (only when a sliding window is shorter than ``C``: the
-  valid slots inside the window), ``past_key_i`` / ``past_value_i [1, kv_heads, C - 1, head_dim]`` ->
-  ``logits [1, 1, V]`` and the new token's ``key_i`` / ``value_i [1, kv_heads, 1, head_dim]``, which the host
-  writes into slot ``position``.
+* ``prefill``: ``input_ids [1, N]`` (or ``inputs_embeds [1, N, hidden]``, see below), ``position_ids [1, N]``,
+  ``attention_mask [1, N]`` (1 for prompt tokens, 0 for padding, on either side) -> ``logits [1, N, V]``,
+  ``key_i`` / ``value_i [1, kv_heads, N, head_dim]``;
+* ``decode``: ``input_ids [1, 1]`` (or ``inputs_embeds [1, 1, hidden]``), ``position_ids [1, 1]``,
+  ``attention_mask [1, C - 1]`` (1 for the cache slots that hold a token), ``sliding_mask [1, C - 1]`` (only when
+  a sliding window is shorter than ``C``: the valid slots inside the window), ``past_key_i`` / ``past_value_i
+  [1, kv_heads, C - 1, head_dim]`` -> ``logits [1, 1, V]`` and the new token's ``key_i`` / ``value_i [1, kv_heads,
+  1, head_dim]``, which the host writes into slot ``position``.
 
 HTP-friendly forms (the same maths as transformers' eager Gemma-2): masks are small additive 4-D biases built in
 the graph from 0/1 masks (no GatherND; the attention logits are soft-capped to +-softcap, so a bias of
@@ -20,12 +21,22 @@ gathered by position id (never a sine of a large argument in the graph); both gr
 key/value head instead of repeating keys and values (which the HTP reorders wrongly, and which would copy a
 ``C``-long cache). The graphs call the model's own modules (projections,
 MLPs, norms, embedding, LM head), so a trained student's quantized layers are the ones exported.
+
+The embedding lookup runs in the graphs (``embedding="graph"``, the default: both graphs Gather from the
+``[vocab, hidden]`` table, which the export stores as a uint16 constant in each graph) or on the host
+(``embedding="host"``): the graphs then take ``inputs_embeds``, the embedding module's output (Gemma-2's
+``sqrt(hidden)`` scaling included) rounded to float16, and the host reads those rows from a float16 table file written
+beside the graphs (``write_embedding_table``; one row per decoded token). The calibration inputs and hence the export's
+torch reference take the same float16-rounded rows the host feeds, so export parity compares like with like.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -33,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fraqat_deploy.errors import ConfigError
+from fraqat_deploy.errors import ConfigError, InputError
 from fraqat_deploy.models.base import Component, LoadedModel
 
 #: the additive bias of masked keys beyond twice the attention softcap (see sana_graphs.MASK_BIAS)
@@ -42,6 +53,13 @@ MASK_BIAS = 64.0
 MAX_CONTEXT = 1024
 #: longest prompt one prefill takes by default; longer prompts continue through the decode graph
 MAX_PROMPT = 128
+
+#: where the embedding lookup runs: in the graphs (they take input_ids) or on the host (they take inputs_embeds)
+EMBEDDING_MODES = ("graph", "host")
+#: the host-side table beside the graphs (export/), float16 [vocab, hidden], a .npy file
+EMBEDDING_FILE = "embedding.npy"
+#: rows per block when the table file is written (a block, not the table, is ever held in float32)
+TABLE_BLOCK_ROWS = 4096
 
 Feed = Mapping[str, np.ndarray]
 #: runs one component ("prefill" or "decode") on named inputs and returns its named outputs: torch modules, ONNX
@@ -62,6 +80,21 @@ class GemmaGraphSpec:
     sliding_window: int | None  # None: no sliding layers, or the window covers the whole context
     sliding_layers: tuple[int, ...]
     pad_id: int = 0
+    embedding: str = "graph"  # one of EMBEDDING_MODES
+
+    def __post_init__(self) -> None:
+        if self.embedding not in EMBEDDING_MODES:
+            raise ConfigError(f"unknown embedding placement '{self.embedding}'",
+                              f"use one of: {', '.join(EMBEDDING_MODES)}")
+
+    @property
+    def host_embedding(self) -> bool:
+        """Whether the graphs take ``inputs_embeds`` (the host looks the rows up) instead of ``input_ids``."""
+        return self.embedding == "host"
+
+    @property
+    def token_input(self) -> str:
+        return "inputs_embeds" if self.host_embedding else "input_ids"
 
     @property
     def cache_slots(self) -> int:
@@ -73,12 +106,12 @@ class GemmaGraphSpec:
         return self.sliding_window is not None
 
     def prefill_inputs(self) -> list[str]:
-        return ["input_ids", "position_ids", "attention_mask"]
+        return [self.token_input, "position_ids", "attention_mask"]
 
     def decode_inputs(self) -> list[str]:
         masks = ["attention_mask"] + (["sliding_mask"] if self.sliding_mask else [])
         past = [f"past_{kind}_{i}" for i in range(self.layers) for kind in ("key", "value")]
-        return ["input_ids", "position_ids", *masks, *past]
+        return [self.token_input, "position_ids", *masks, *past]
 
     def outputs(self) -> list[str]:
         return ["logits"] + [f"{kind}_{i}" for i in range(self.layers) for kind in ("key", "value")]
@@ -90,7 +123,8 @@ class GemmaGraphSpec:
         return d
 
 
-def graph_spec(lm: nn.Module, *, context: int, prompt_length: int | None = None, pad_id: int = 0) -> GemmaGraphSpec:
+def graph_spec(lm: nn.Module, *, context: int, prompt_length: int | None = None, pad_id: int = 0,
+               embedding: str = "graph") -> GemmaGraphSpec:
     config = lm.config
     limit = int(config.max_position_embeddings)
     if not 2 <= context <= limit:
@@ -107,6 +141,7 @@ def graph_spec(lm: nn.Module, *, context: int, prompt_length: int | None = None,
         context=context, prompt_length=prompt_length, layers=int(config.num_hidden_layers),
         kv_heads=int(config.num_key_value_heads), head_dim=int(_head_dim(config)), vocab=int(config.vocab_size),
         sliding_window=window, sliding_layers=sliding if window is not None else (), pad_id=pad_id,
+        embedding=embedding,
     )
 
 
@@ -153,8 +188,9 @@ class _GemmaGraph(nn.Module):
         cos, sin = F.embedding(position_ids, self.rope_cos), F.embedding(position_ids, self.rope_sin)
         return cos.unsqueeze(1), sin.unsqueeze(1)
 
-    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.lm.model.embed_tokens(input_ids)
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``input_ids`` -> their rows (the model's embedding module), or ``inputs_embeds`` as they are."""
+        return tokens if self.spec.host_embedding else self.lm.model.embed_tokens(tokens)
 
     def project(self, layer: nn.Module, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -193,7 +229,8 @@ class _GemmaGraph(nn.Module):
 
 
 class PrefillGraph(_GemmaGraph):
-    """input_ids, position_ids, attention_mask [1, N] -> logits [1, N, V], key_i, value_i [1, KV, N, d]."""
+    """input_ids (or inputs_embeds [1, N, hidden]), position_ids, attention_mask [1, N] -> logits [1, N, V],
+    key_i, value_i [1, KV, N, d]."""
 
     def __init__(self, lm: nn.Module, spec: GemmaGraphSpec) -> None:
         super().__init__(lm, spec)
@@ -208,13 +245,13 @@ class PrefillGraph(_GemmaGraph):
         else:
             self.causal_sliding = None
 
-    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor
+    def forward(self, tokens: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor
                 ) -> tuple[torch.Tensor, ...]:
         keys_valid = attention_mask.float()[:, None, None, :]  # [1, 1, 1, N]
         full = self.bias(self.causal[None, None] * keys_valid)  # [1, 1, G * N, N]
         sliding = full if self.causal_sliding is None else self.bias(self.causal_sliding[None, None] * keys_valid)
         cos, sin = self.rope(position_ids)
-        h = self.embed(input_ids)
+        h = self.embed(tokens)
         b, t, _ = h.shape
         spec = self.spec
         outputs: list[torch.Tensor] = []
@@ -232,10 +269,11 @@ class PrefillGraph(_GemmaGraph):
 
 
 class DecodeGraph(_GemmaGraph):
-    """input_ids, position_ids [1, 1], attention_mask [1, C-1], (sliding_mask [1, C-1]), past_key_i, past_value_i
-    [1, KV, C-1, d] -> logits [1, 1, V], key_i, value_i [1, KV, 1, d] of the new token."""
+    """input_ids [1, 1] (or inputs_embeds [1, 1, hidden]), position_ids [1, 1], attention_mask [1, C-1],
+    (sliding_mask [1, C-1]), past_key_i, past_value_i [1, KV, C-1, d] -> logits [1, 1, V], key_i, value_i
+    [1, KV, 1, d] of the new token."""
 
-    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor,
+    def forward(self, tokens: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor,
                 *rest: torch.Tensor) -> tuple[torch.Tensor, ...]:
         spec = self.spec
         if spec.sliding_mask:
@@ -245,7 +283,7 @@ class DecodeGraph(_GemmaGraph):
         full = self.bias(attention_mask.float())[:, None, None, :]  # [1, 1, 1, C-1]
         sliding = full if sliding_mask is None else self.bias(sliding_mask.float())[:, None, None, :]
         cos, sin = self.rope(position_ids)
-        h = self.embed(input_ids)
+        h = self.embed(tokens)
         b = h.shape[0]
         outputs: list[torch.Tensor] = []
         for i, layer in enumerate(self.lm.model.layers):
@@ -296,21 +334,104 @@ def session_runner(sessions: Mapping[str, _Session]) -> Runner:
     return run
 
 
-def prefill_feed(spec: GemmaGraphSpec, prompt: list[int]) -> dict[str, np.ndarray]:
+class HostEmbedding(Protocol):
+    """The host's embedding lookup: token ids [...] -> float16-rounded rows [..., hidden], float32."""
+
+    def rows(self, ids: np.ndarray) -> np.ndarray: ...
+
+
+class TableFile:
+    """The exported table file (``EMBEDDING_FILE``: float16 [vocab, hidden] .npy), memory-mapped: a lookup reads
+    only the rows it asks for (one 2 x hidden-byte row per decoded token)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise InputError(f"no embedding table at {self.path}",
+                             "export the run again: fraqat-deploy export <model> --run R --embedding host")
+        try:
+            self.table = np.load(self.path, mmap_mode="r")
+        except ValueError as err:
+            raise InputError(f"{self.path} is not a .npy table: {err}", "export the run again") from None
+        if self.table.dtype != np.float16 or self.table.ndim != 2:
+            raise InputError(f"{self.path} holds {self.table.dtype} {list(self.table.shape)}, not float16 "
+                             "[vocab, hidden]", "export the run again")
+
+    def rows(self, ids: np.ndarray) -> np.ndarray:
+        ids = np.asarray(ids, dtype=np.int64)
+        if ids.size and (ids.min() < 0 or ids.max() >= self.table.shape[0]):
+            raise ConfigError(f"token ids outside 0..{self.table.shape[0] - 1}", "check the tokenizer's vocabulary")
+        return np.asarray(self.table[ids], dtype=np.float32)
+
+
+class ModuleRows:
+    """The rows the table file holds, computed from the embedding module itself (before the file exists): its output
+    (any scaling it applies included) rounded to float16."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+
+    @torch.no_grad()
+    def rows(self, ids: np.ndarray) -> np.ndarray:
+        out = self.module(torch.from_numpy(np.asarray(ids, dtype=np.int64)))
+        return out.to(torch.float16).float().numpy()
+
+
+def write_embedding_table(module: nn.Module, vocab: int, path: Path, block: int = TABLE_BLOCK_ROWS
+                          ) -> dict[str, Any]:
+    """``module``'s rows for every token id, float16 [vocab, hidden], as a .npy file (little-endian, C order: the
+    Kotlin app reads it memory-mapped). Written a block of rows at a time from the module's own lookup (a 16-bit
+    weight is never upcast whole). Returns its manifest record: file, dtype, shape, bytes, sha256."""
+    rows = ModuleRows(module)
+    hidden = int(rows.rows(np.zeros(1, dtype=np.int64)).shape[-1])
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f2", "fortran_order": False, "shape": (vocab, hidden)})
+    digest = hashlib.sha256(header.getvalue())
+    part = path.with_name(path.name + ".part")
+    with open(part, "wb") as f:
+        f.write(header.getvalue())
+        for start in range(0, vocab, block):
+            data = rows.rows(np.arange(start, min(start + block, vocab))).astype("<f2").tobytes()
+            digest.update(data)
+            f.write(data)
+    part.replace(path)
+    return {"file": path.name, "dtype": "float16", "shape": [vocab, hidden], "bytes": path.stat().st_size,
+            "sha256": digest.hexdigest(),
+            "what": "the embedding module's output per token id (its scaling included), rounded to float16; the "
+                    "graphs take these rows as inputs_embeds"}
+
+
+def token_feed(spec: GemmaGraphSpec, ids: np.ndarray, embedding: HostEmbedding | None = None
+               ) -> dict[str, np.ndarray]:
+    """The graphs' token input for ``ids`` [1, T]: the ids themselves, or (host embedding) their rows
+    ``inputs_embeds`` [1, T, hidden] float32 looked up in ``embedding``."""
+    ids = np.asarray(ids, dtype=np.int64)
+    if not spec.host_embedding:
+        return {"input_ids": ids}
+    if embedding is None:
+        raise ConfigError("these Gemma graphs take inputs_embeds (exported with --embedding host) and no "
+                          "embedding table was given", f"pass the export's {EMBEDDING_FILE}")
+    return {"inputs_embeds": embedding.rows(ids)}
+
+
+def prefill_feed(spec: GemmaGraphSpec, prompt: list[int], embedding: HostEmbedding | None = None
+                 ) -> dict[str, np.ndarray]:
     """The prompt right-padded to N (it must fit)."""
     n = spec.prompt_length
     ids = np.full((1, n), spec.pad_id, dtype=np.int64)
     ids[0, : len(prompt)] = prompt
     mask = np.zeros((1, n), dtype=np.int64)
     mask[0, : len(prompt)] = 1
-    return {"input_ids": ids, "position_ids": np.arange(n, dtype=np.int64)[None], "attention_mask": mask}
+    return token_feed(spec, ids, embedding) | {"position_ids": np.arange(n, dtype=np.int64)[None],
+                                               "attention_mask": mask}
 
 
 class KvCache:
-    """The host's cache arrays, slot = position."""
+    """The host's cache arrays, slot = position (and, for graphs that take ``inputs_embeds``, the table)."""
 
-    def __init__(self, spec: GemmaGraphSpec) -> None:
+    def __init__(self, spec: GemmaGraphSpec, embedding: HostEmbedding | None = None) -> None:
         self.spec = spec
+        self.embedding = embedding
         shape = (1, spec.kv_heads, spec.cache_slots, spec.head_dim)
         self.arrays = {f"past_{kind}_{i}": np.zeros(shape, dtype=np.float32)
                        for i in range(spec.layers) for kind in ("key", "value")}
@@ -328,9 +449,9 @@ class KvCache:
         spec = self.spec
         slots = np.arange(spec.cache_slots)
         valid = slots < position
-        feed = {"input_ids": np.array([[token]], dtype=np.int64),
-                "position_ids": np.array([[position]], dtype=np.int64),
-                "attention_mask": valid.astype(np.int64)[None]}
+        feed = token_feed(spec, np.array([[token]], dtype=np.int64), self.embedding)
+        feed |= {"position_ids": np.array([[position]], dtype=np.int64),
+                 "attention_mask": valid.astype(np.int64)[None]}
         if spec.sliding_mask:
             inside = slots > position - int(spec.sliding_window)  # type: ignore[arg-type]
             feed["sliding_mask"] = (valid & inside).astype(np.int64)[None]
@@ -338,21 +459,22 @@ class KvCache:
 
 
 def greedy_decode(run: Runner, spec: GemmaGraphSpec, prompt: list[int], *, max_new_tokens: int,
-                  eos_id: int | None = None) -> list[int]:
+                  eos_id: int | None = None, embedding: HostEmbedding | None = None) -> list[int]:
     """Greedy continuation of ``prompt`` (token ids) through the prefill and decode graphs: the new token ids.
 
     The first N prompt tokens go through one prefill, the rest through the decode graph one by one. Stops at
     ``eos_id`` (not returned), after ``max_new_tokens``, or when the context is full (as
-    ``GemmaAdapter.generate`` stops at the model's last position).
+    ``GemmaAdapter.generate`` stops at the model's last position). ``embedding``: the host's table, for graphs
+    that take ``inputs_embeds`` (``spec.host_embedding``).
     """
     if not prompt:
         raise ConfigError("an empty prompt cannot be decoded", "pass at least one token (e.g. <bos>)")
     if len(prompt) > spec.context:
         raise ConfigError(f"the prompt has {len(prompt)} tokens, the exported context holds {spec.context}",
                           "shorten the prompt or export a longer context")
-    cache = KvCache(spec)
+    cache = KvCache(spec, embedding)
     first = prompt[: spec.prompt_length]
-    out = run("prefill", prefill_feed(spec, first))
+    out = run("prefill", prefill_feed(spec, first, embedding))
     cache.write(out, 0, len(first))
     cache.length = len(first)
     logits = out["logits"][0, len(first) - 1]
@@ -396,7 +518,8 @@ def build_graphs(lm: nn.Module, spec: GemmaGraphSpec) -> dict[str, nn.Module]:
 
 @torch.no_grad()
 def gemma_components(model: LoadedModel, student: nn.Module, prompts: torch.Tensor, *, n_calibration: int,
-                     context: int | None = None, prompt_length: int | None = None) -> list[Component]:
+                     context: int | None = None, prompt_length: int | None = None, embedding: str = "graph"
+                     ) -> list[Component]:
     """The prefill and decode graphs around ``student``, calibrated on the full-precision model reading held-out
     text: ``prompts`` are token rows [n, >= C - 1] that follow <bos> as the tokenizer starts a prompt.
 
@@ -406,12 +529,18 @@ def gemma_components(model: LoadedModel, student: nn.Module, prompts: torch.Tens
     spread over the positions after each row's prefill for the others. The cache is the FP model's keys and values
     of the text, computed in one pass over positions 0..p-1 (a prefill graph of length p): one forward of at most C
     tokens per input, where the FP model's own greedy run to position p would take p - N decode calls (hours for a
-    2B model on a few CPU cores)."""
+    2B model on a few CPU cores).
+
+    ``embedding="host"``: the graphs take ``inputs_embeds``; every calibration input (the sample too, hence the
+    export's torch reference) holds the float16-rounded rows of ``student``'s embedding that the host will feed
+    from the table file, which the components write beside the graphs (``Component.files``: ``EMBEDDING_FILE``).
+    The FP model's cache is computed as for the graph form."""
     tokenizer = model.parts.get("tokenizer")
     pad_id = int(getattr(tokenizer, "pad_token_id", None) or 0)
     bos = [int(tokenizer.bos_token_id)] if getattr(tokenizer, "bos_token_id", None) is not None else []
     spec = graph_spec(model.student, context=context or default_context(model), prompt_length=prompt_length,
-                      pad_id=pad_id)
+                      pad_id=pad_id, embedding=embedding)
+    table = ModuleRows(student.model.embed_tokens) if spec.host_embedding else None
     n = spec.prompt_length
     if n_calibration < 1 or prompts.shape[0] < n_calibration or len(bos) + prompts.shape[1] < spec.context:
         raise ConfigError(f"need {n_calibration} calibration rows of {spec.context - len(bos)} tokens, got "
@@ -421,35 +550,41 @@ def gemma_components(model: LoadedModel, student: nn.Module, prompts: torch.Tens
     for i in range(n_calibration):
         length = n if i == 0 else max(1, n // 4 + (3 * n // 4) * (i - 1) // max(n_calibration - 1, 1))
         text = (bos + prompts[i].tolist())[: spec.context]
-        prefill_rows.append(_row(prefill_feed(spec, text[:length]), spec.prefill_inputs()))
+        prefill_rows.append(_row(prefill_feed(spec, text[:length], table), spec.prefill_inputs()))
         steps = spec.context - length  # decode calls at positions length..C-1 after this prefill
         position = spec.context - 1 if i == 0 else length + steps * i // n_calibration
         if position >= length:
-            decode_rows.append(_row(text_decode_feed(model.student, spec, text[: position + 1]),
+            decode_rows.append(_row(text_decode_feed(model.student, spec, text[: position + 1], table),
                                     spec.decode_inputs()))
     if not decode_rows:
         raise ConfigError("the calibration prompts leave no position to decode", "export a longer context")
     info = spec.to_dict()
+    files: dict[str, Callable[[Path], dict[str, Any]]] = {}
+    if spec.host_embedding:
+        embed_tokens, vocab = student.model.embed_tokens, spec.vocab
+        files["embedding"] = lambda out: write_embedding_table(embed_tokens, vocab, out / EMBEDDING_FILE)
     return [
         Component("prefill", PrefillGraph(student, spec), spec.prefill_inputs(), spec.outputs(), prefill_rows,
-                  holds_student=True, info=info),
+                  holds_student=True, info=info, files=files),
         Component("decode", DecodeGraph(student, spec), spec.decode_inputs(), spec.outputs(), decode_rows,
-                  holds_student=True, info=info),
+                  holds_student=True, info=info, files=files),
     ]
 
 
 @torch.no_grad()
-def text_decode_feed(lm: nn.Module, spec: GemmaGraphSpec, tokens: list[int]) -> dict[str, np.ndarray]:
+def text_decode_feed(lm: nn.Module, spec: GemmaGraphSpec, tokens: list[int], embedding: HostEmbedding | None = None
+                     ) -> dict[str, np.ndarray]:
     """The decode graph's feed for the last of ``tokens`` at its position ``p = len(tokens) - 1``, with the cache of
-    ``lm`` over ``tokens[:p]`` (computed by one prefill graph of length p)."""
+    ``lm`` over ``tokens[:p]`` (computed by one prefill graph of length p, which looks the ids up itself);
+    ``embedding``: the host's rows, for graphs that take ``inputs_embeds``."""
     position = len(tokens) - 1
     if not 1 <= position <= spec.cache_slots:
         raise ConfigError(f"a decode call at position {position} is outside 1..{spec.cache_slots}",
                           "pass between 2 and C tokens")
-    prefix = replace(spec, prompt_length=position)
+    prefix = replace(spec, prompt_length=position, embedding="graph")
     out = torch_runner({"prefill": PrefillGraph(lm, prefix).eval()}, prefix)("prefill",
                                                                              prefill_feed(prefix, tokens[:position]))
-    cache = KvCache(spec)
+    cache = KvCache(spec, embedding)
     cache.write(out, 0, position)
     return cache.decode_feed(tokens[position], position)
 

@@ -190,7 +190,8 @@ def onnx_cpu_outputs(trained: TrainedModel, components: Mapping[str, Path], pair
         if kind == "sana":
             out.append(torch.from_numpy(pipe.sana_generate(run, settings, rows[0], pipe.Timed())))
         elif kind == "gemma" and hasattr(pipe, "gemma_generate"):
-            out.append(pipe.gemma_generate(run, settings, rows[0], pipe.Timed())[0])
+            embedding = pipe.host_embedding(settings, export, manifest.parent)
+            out.append(pipe.gemma_generate(run, settings, rows[0], pipe.Timed(), embedding)[0])
         else:
             raise ConfigError(f"no host pipeline for '{kind}' graphs")
     return out

@@ -19,6 +19,7 @@ import dev.fraqat.deploy.core.ByteTokenizer
 import dev.fraqat.deploy.core.Catalog
 import dev.fraqat.deploy.core.ComponentRunner
 import dev.fraqat.deploy.core.ComponentSession
+import dev.fraqat.deploy.core.EmbeddingTable
 import dev.fraqat.deploy.core.ErrorKind
 import dev.fraqat.deploy.core.GemmaDecoder
 import dev.fraqat.deploy.core.GemmaSpec
@@ -215,11 +216,19 @@ class MainActivity : Activity() {
         val prefill = sessions["prefill"] ?: throw BenchError(ErrorKind.INVALID_REQUEST, "no prefill graph")
         val decode = sessions["decode"] ?: throw BenchError(ErrorKind.INVALID_REQUEST, "no decode graph")
         val spec = GemmaSpec.of(model.request.pipeline, prefill.inputs, decode.inputs)
+        // graphs exported with --embedding host: the token rows come from the pushed table, memory-mapped
+        val table = if (!spec.hostEmbedding) {
+            null
+        } else {
+            val entry = model.request.embedding
+                ?: throw BenchError(ErrorKind.INVALID_REQUEST, "the Gemma graphs take inputs_embeds but the request names no embedding table")
+            EmbeddingTable.open(File(files, entry.path))
+        }
         val new = ArrayList<Long>()
         val timed = Timed()
         var firstTokenAt = 0L
         val started = System.nanoTime()
-        val tokens = GemmaDecoder.greedy(runner, spec, tokenizer.encode(text), maxNew, model.request.pipeline.eosTokenId, timed) { token ->
+        val tokens = GemmaDecoder.greedy(runner, spec, tokenizer.encode(text), maxNew, model.request.pipeline.eosTokenId, timed, table) { token ->
             if (new.isEmpty()) firstTokenAt = System.nanoTime()
             new.add(token)
             progress(text + tokenizer.decode(new))

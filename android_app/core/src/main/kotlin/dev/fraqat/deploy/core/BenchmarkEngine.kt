@@ -51,6 +51,7 @@ class BenchmarkEngine(
     private var thermalBefore: Int? = null
     private var peakMemory = Memory.UNKNOWN
     private val sessions = LinkedHashMap<String, ComponentSession>()
+    private var table: EmbeddingTable? = null
 
     /** Runs the request and returns the path of `result.json` (written in every case but a full disk). */
     fun run(): File {
@@ -153,15 +154,21 @@ class BenchmarkEngine(
     }
 
     private fun checkFiles(r: Request) {
-        for ((name, component) in r.components) {
-            for (f in component.files) {
-                val file = File(filesDir, f.path)
-                if (!file.isFile) throw BenchError(ErrorKind.MODEL_MISSING, "$name: ${f.path} is not on the device")
-                if (file.length() != f.bytes || FileTools.sha256(file) != f.sha256) {
-                    throw BenchError(ErrorKind.MODEL_MISSING, "$name: ${f.path} differs from the pushed model")
-                }
+        for ((name, f) in r.modelFiles) {
+            val file = File(filesDir, f.path)
+            if (!file.isFile) throw BenchError(ErrorKind.MODEL_MISSING, "$name: ${f.path} is not on the device")
+            if (file.length() != f.bytes || FileTools.sha256(file) != f.sha256) {
+                throw BenchError(ErrorKind.MODEL_MISSING, "$name: ${f.path} differs from the pushed model")
             }
         }
+    }
+
+    /** The request's embedding table, mapped once, for Gemma graphs that take `inputs_embeds`. */
+    private fun embeddingTable(r: Request): EmbeddingTable {
+        table?.let { return it }
+        val entry = r.embedding
+            ?: throw BenchError(ErrorKind.INVALID_REQUEST, "the Gemma graphs take inputs_embeds but the request names no embedding table (model.embedding)")
+        return EmbeddingTable.open(File(filesDir, entry.path)).also { table = it }
     }
 
     private fun tensors(prompt: PromptSpec): Map<String, Tensor> = prompt.tensors.mapValues { (_, t) ->
@@ -252,7 +259,8 @@ class BenchmarkEngine(
                     ?: throw BenchError(ErrorKind.INVALID_REQUEST, "a Gemma prompt needs an int64 prompt_ids tensor")
                 val spec = GemmaSpec.of(r.pipeline, session("prefill").inputs, session("decode").inputs)
                 val t0 = clock() // tokens per second end to end, prefill included (as pipeline.gemma_generate)
-                val tokens = GemmaDecoder.greedy(runner, spec, ids.data.toList(), r.pipeline.maxNewTokens ?: 32, r.pipeline.eosTokenId, timed)
+                val embedding = if (spec.hostEmbedding) embeddingTable(r) else null
+                val tokens = GemmaDecoder.greedy(runner, spec, ids.data.toList(), r.pipeline.maxNewTokens ?: 32, r.pipeline.eosTokenId, timed, embedding)
                 val seconds = (clock() - t0) / 1e9
                 if (!last) null else Output(prompt.text, prompt.seed, tokens = tokens, tokensPerSecond = if (seconds > 0) tokens.size / seconds else 0.0)
             }

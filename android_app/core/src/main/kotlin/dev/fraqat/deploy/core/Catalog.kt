@@ -22,7 +22,7 @@ object Catalog {
                 schemas?.validate("request", data)
                 Request.fromJson(asObject(data, "request"))
             }.getOrNull() ?: continue
-            val complete = request.components.values.all { c -> c.files.all { f -> File(filesDir, f.path).let { it.isFile && it.length() == f.bytes } } }
+            val complete = request.modelFiles.all { (_, f) -> File(filesDir, f.path).let { it.isFile && it.length() == f.bytes } }
             if (!complete) continue
             val key = request.components.values.map { it.onnx }.sorted()
             if (key !in latest) latest[key] = PushedModel(request, file, file.lastModified())

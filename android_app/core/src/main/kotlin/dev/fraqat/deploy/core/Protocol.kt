@@ -163,12 +163,19 @@ data class Request(
     val pipeline: PipelineSpec,
     val prompts: List<PromptSpec>,
     val config: BenchConfig,
+    /** Gemma exported with `--embedding host`: the float16 table the graphs' `inputs_embeds` rows come from. */
+    val embedding: FileEntry? = null,
 ) {
+    /** Every file the model needs on the device: the components' and the embedding table. */
+    val modelFiles: List<Pair<String, FileEntry>>
+        get() = components.flatMap { (name, c) -> c.files.map { name to it } } + listOfNotNull(embedding?.let { "embedding" to it })
+
     fun toJson(): Map<String, Any?> {
         val model = linkedMapOf<String, Any?>("name" to modelName)
         target?.let { model["target"] = it }
         socModel?.let { model["soc_model"] = it }
         model["qnn_version"] = qnnVersion
+        embedding?.let { model["embedding"] = it.toJson() }
         model["components"] = components.mapValues { it.value.toJson() }
         return linkedMapOf<String, Any?>("schema_version" to Protocol.SCHEMA_VERSION, "id" to id).apply {
             created?.let { put("created", it) }
@@ -188,7 +195,7 @@ data class Request(
                 val co = asObject(c, "component '$name'")
                 components[name] = ComponentSpec(
                     name, co.str("onnx"),
-                    co.list("files").map { asObject(it, "file").let { f -> FileEntry(f.str("path"), f.str("sha256"), f.long("bytes")) } },
+                    co.list("files").map { fileEntry(it) },
                     co.list("inputs").map { it as String }, co.list("outputs").map { it as String },
                 )
             }
@@ -206,7 +213,10 @@ data class Request(
                 o.str("id"), o.strOrNull("created"), model.str("name"), model.strOrNull("target"), model.intOrNull("soc_model"),
                 model.strOrNull("qnn_version"), components, PipelineSpec(o.obj("pipeline")), prompts,
                 BenchConfig(config.int("warmup"), config.int("runs"), config.strOrNull("performance_mode"), config.doubleOrNull("timeout_s")),
+                model["embedding"]?.let { fileEntry(it) },
             )
         }
+
+        private fun fileEntry(v: Any?) = asObject(v, "file").let { f -> FileEntry(f.str("path"), f.str("sha256"), f.long("bytes")) }
     }
 }

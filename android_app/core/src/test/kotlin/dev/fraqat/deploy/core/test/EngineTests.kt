@@ -8,6 +8,7 @@ import dev.fraqat.deploy.core.ComponentSession
 import dev.fraqat.deploy.core.DType
 import dev.fraqat.deploy.core.DeviceInfo
 import dev.fraqat.deploy.core.DeviceProbe
+import dev.fraqat.deploy.core.EmbeddingTable
 import dev.fraqat.deploy.core.ErrorKind
 import dev.fraqat.deploy.core.FileTools
 import dev.fraqat.deploy.core.FloatTensor
@@ -254,6 +255,64 @@ fun engineTests(s: Suite) {
             PipelineSpec(mapOf("kind" to "gemma", "sliding_window" to 3L)),
         )
         assertEquals(spec, derived, "the spec read from the graphs' inputs")
+    }
+
+    s.test("gemma: graphs that take inputs_embeds get the rows of the memory-mapped float16 .npy table") {
+        // numpy's float16 bits of a few values, subnormals and infinities included
+        val halves = mapOf(0x3c00 to 1f, 0xc000 to -2f, 0x7bff to 65504f, 0x0001 to 5.9604645e-8f, 0x0400 to 6.1035156e-5f, 0x3555 to 0.33325195f)
+        for ((bits, value) in halves) assertEquals(value, EmbeddingTable.halfToFloat(bits), "half 0x${bits.toString(16)}")
+        assertEquals(Float.NEGATIVE_INFINITY, EmbeddingTable.halfToFloat(0xfc00), "-inf")
+        assertTrue(EmbeddingTable.halfToFloat(0x7e00).isNaN()) { "NaN" }
+        assertEquals(260 to 128, EmbeddingTable.parseHeader("{'descr': '<f2', 'fortran_order': False, 'shape': (260, 128), }"), "header")
+        assertEquals(null, EmbeddingTable.parseHeader("{'descr': '<f4', 'fortran_order': False, 'shape': (260, 128), }"), "float32 refused")
+        assertEquals(null, EmbeddingTable.parseHeader("{'descr': '<f2', 'fortran_order': True, 'shape': (260, 128), }"), "Fortran order refused")
+
+        // a [12, 2] table whose row i is (i, -i / 2), as numpy writes it (.npy 1.0, header padded to 64 bytes)
+        val vocab = 12
+        fun half(v: Float): Int = if (v == 0f) 0 else {
+            val bits = v.toRawBits()
+            ((bits ushr 16) and 0x8000) or ((((bits ushr 23) and 0xff) - 127 + 15) shl 10) or ((bits and 0x7fffff) ushr 13)
+        }
+        var header = "{'descr': '<f2', 'fortran_order': False, 'shape': ($vocab, 2), }"
+        header += " ".repeat(63 - (10 + header.length) % 64) + "\n"
+        val body = java.nio.ByteBuffer.allocate(vocab * 4).order(java.nio.ByteOrder.LITTLE_ENDIAN)
+        for (i in 0 until vocab) body.putShort(half(i.toFloat()).toShort()).putShort(half(-i / 2f).toShort())
+        val file = File(tempDir("table"), "embedding.npy")
+        file.writeBytes(byteArrayOf(0x93.toByte()) + "NUMPY".toByteArray() + byteArrayOf(1, 0, header.length.toByte(), 0) + header.toByteArray() + body.array())
+        val table = EmbeddingTable.open(file)
+        assertEquals(vocab to 2, table.vocab to table.hidden, "shape")
+        assertEquals(listOf(3f, -1.5f, 11f, -5.5f), table.rows(longArrayOf(3, 11)).data.toList(), "rows")
+        assertThrows<BenchError>("an id past the table") { table.rows(longArrayOf(12)) }
+        File(file.parentFile, "short.npy").apply { writeBytes(file.readBytes().copyOf(file.length().toInt() - 2)) }.let {
+            assertEquals(ErrorKind.MODEL_MISSING, assertThrows<BenchError>("a cut table") { EmbeddingTable.open(it) }.kind, "cut")
+        }
+
+        // the same decoding as with input_ids: the toy reads each token back from its row's first value
+        val spec = GemmaSpec(context = 8, promptLength = 4, layers = 2, kvHeads = 1, headDim = 2, slidingWindow = 3, hostEmbedding = true)
+        val model = ComponentRunner { _, feed ->
+            assertTrue("input_ids" !in feed) { "no input_ids" }
+            val embeds = feed.getValue("inputs_embeds") as FloatTensor
+            val n = embeds.shape[1]
+            assertEquals(listOf(1, n, 2), embeds.shape.toList(), "inputs_embeds shape")
+            val ids = LongArray(n) { embeds.data[it * 2].toLong() }
+            for (t in 0 until n) assertEquals(-ids[t] / 2f, embeds.data[t * 2 + 1], "row $t")
+            val logits = FloatArray(n * vocab).also { l -> ids.forEachIndexed { t, id -> l[t * vocab + ((id + 1) % vocab).toInt()] = 1f } }
+            val out = linkedMapOf<String, Tensor>("logits" to FloatTensor(intArrayOf(1, n, vocab), logits))
+            for (i in 0 until 2) for (kind in listOf("key", "value")) out["${kind}_$i"] = FloatTensor(intArrayOf(1, 1, n, 2), FloatArray(n * 2))
+            out
+        }
+        assertEquals(listOf(6L, 7L, 8L, 9L), GemmaDecoder.greedy(model, spec, listOf(2L, 5L), 4, null, Timed(), table), "continuation")
+        assertEquals(listOf(7L, 8L), GemmaDecoder.greedy(model, spec, listOf(1L, 2L, 3L, 4L, 5L, 6L), 10, null, Timed(), table), "long prompt")
+        assertThrows<BenchError>("no table") { GemmaDecoder.greedy(model, spec, listOf(2L), 1, null, Timed()) }
+        val specJson = linkedMapOf<String, Any?>("context" to 8L, "prompt_length" to 4L, "layers" to 2L, "kv_heads" to 1L, "head_dim" to 2L,
+            "sliding_window" to 3L, "pad_id" to 0L, "embedding" to "host")
+        assertEquals(spec, GemmaSpec.fromJson(specJson), "embedding: host read from pipeline.spec")
+        assertEquals(spec, GemmaSpec.fromInputs(
+            mapOf("inputs_embeds" to TensorInfo(DType.FLOAT32, intArrayOf(1, 4, 2))),
+            mapOf("past_key_0" to TensorInfo(DType.FLOAT32, intArrayOf(1, 1, 7, 2)), "past_key_1" to TensorInfo(DType.FLOAT32, intArrayOf(1, 1, 7, 2)),
+                "sliding_mask" to TensorInfo(DType.INT64, intArrayOf(1, 7))),
+            PipelineSpec(mapOf("kind" to "gemma", "sliding_window" to 3L)),
+        ), "host embedding read from the graphs' inputs")
     }
 
     s.test("engine: a Gemma request decodes through prefill and decode into tokens") {
