@@ -309,13 +309,16 @@ def test_cli_acceptance_commands(hub, run, compiled, tmp_path, monkeypatch):
     assert len(failed.output.strip().splitlines()) == 1
 
 
-def test_tiny_gemma_compiles_profiles_and_generates_on_the_hub(hub, exported_tiny_gemma, tmp_path):
+@pytest.mark.parametrize("embedding", ["graph", "host"])
+def test_tiny_gemma_compiles_profiles_and_generates_on_the_hub(hub, embedding, request, tmp_path):
     """Gemma's two graphs on AI Hub: the host keeps the KV cache and replays every prefill/decode call of its greedy
-    loop as one inference job per graph; the phone's outputs for those calls are checked against the host's."""
+    loop as one inference job per graph; the phone's outputs for those calls are checked against the host's. With
+    --embedding host the host also looks the token rows up in export/embedding.npy: the jobs get inputs_embeds."""
     import shutil
 
+    exported = request.getfixturevalue("exported_tiny_gemma" if embedding == "graph" else "exported_tiny_gemma_host")
     run = tmp_path / "g1"
-    shutil.copytree(exported_tiny_gemma, run, ignore=shutil.ignore_patterns("compile", "bench"))
+    shutil.copytree(exported, run, ignore=shutil.ignore_patterns("compile", "bench"))
     compiled = hub_compile_run(run, "s25u", **FAST)
     assert sorted(compiled["uploaded"]) == ["decode", "prefill"]
     records = json.loads((run / "compile" / "s25u" / "compile.json").read_text())["components"]
@@ -331,7 +334,10 @@ def test_tiny_gemma_compiles_profiles_and_generates_on_the_hub(hub, exported_tin
     sent = {}
     for c in ("prefill", "decode"):
         with h5py.File(hub.datasets[hub.jobs[info["jobs"][f"inference {c}"]["job_id"]].dataset_id].blob) as h5:
-            sent[c] = len(next(iter(h5_to_dataset_entries(h5).values())))
+            entries = h5_to_dataset_entries(h5)
+            sent[c] = len(next(iter(entries.values())))
+            token_input = "inputs_embeds" if embedding == "host" else "input_ids"
+            assert token_input in entries and {"input_ids", "inputs_embeds"} - {token_input} - set(entries), c
     assert sent == {"prefill": 1, "decode": len(output["tokens"]) - 1}
     assert all(p["passed"] for per in info["parity"].values() for p in per.values()), info["parity"]
     assert {name: stats["n"] for name, stats in result["timings_ms"]["components"].items()} == {"prefill": 3,
