@@ -467,3 +467,36 @@ def test_bench_on_the_simulator_with_the_host_table(host_run: Path):
     expected = greedy_decode(htp, spec, tokenizer("def main(")["input_ids"], max_new_tokens=5,
                              eos_id=tokenizer.eos_token_id, embedding=TableFile(host_run / "export" / "embedding.npy"))
     assert data["outputs"][0]["tokens"] == expected and expected
+
+
+def test_the_table_of_a_bf16_embedding_is_written_a_block_at_a_time(embedded: LoadedModel, tmp_path: Path):
+    """A bfloat16 embedding (Gemma-2 as shipped, loaded by ``keep_half``): the table holds the float32 load's rows
+    rounded to float16, and no float tensor of the table's size is ever made (each block is looked up in 16 bits)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from fraqat_deploy.models.gemma_graphs import write_embedding_table
+    from fraqat_deploy.models.half import keep_half
+
+    lm = keep_half(copy.deepcopy(embedded.student).to(torch.bfloat16))
+    # a float32 load of the same weights: the bfloat16 values, times the float32 sqrt(hidden)
+    reference = lm.model.embed_tokens.weight.detach().float().numpy() * np.float32(lm.config.hidden_size ** 0.5)
+    embed = lm.model.embed_tokens
+    assert embed.weight.dtype == torch.bfloat16
+    vocab, hidden = embed.weight.shape
+
+    class Largest(TorchDispatchMode):
+        largest = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else [out]:
+                if isinstance(t, torch.Tensor) and t.is_floating_point():
+                    Largest.largest = max(Largest.largest, t.numel())
+            return out
+
+    with Largest():
+        record = write_embedding_table(embed, vocab, tmp_path / "embedding.npy", block=16)
+    table = np.load(tmp_path / "embedding.npy")
+    assert record["shape"] == [vocab, hidden] and table.dtype == np.float16
+    assert np.array_equal(table, reference.astype(np.float16))
+    assert 0 < Largest.largest <= 16 * hidden < vocab * hidden, Largest.largest
