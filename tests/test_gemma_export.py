@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -196,6 +197,19 @@ def test_export_parity_and_graph(run: Path):
         int4 = [i for i in model.graph.initializer
                 if i.data_type == onnx.TensorProto.INT4 and i.name.endswith(".weight_int")]
         assert len(int4) == manifest[name]["qdq"]["trained_layers"] == 4 * 7 + 1  # the 4 layers' and lm_head
+        # a Gather of a table (RoPE's cos / sin, the embedding) keeps the table's encoding: the HTP refused Gemma-2-2B's
+        # sin-table Gather calibrated to zero point 32767 beside its table's 32768
+        producer = {o: n for n in model.graph.node for o in n.output}
+        consumers = {i: n for n in model.graph.node for i in n.input}
+        inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer
+                 if i.data_location != onnx.TensorProto.EXTERNAL}
+        gathers = [n for n in model.graph.node if n.op_type == "Gather"
+                   and producer.get(n.input[0]) is not None and producer[n.input[0]].op_type == "DequantizeLinear"]
+        assert len(gathers) >= 2  # cos and sin at least
+        for g in gathers:
+            dq, q = producer[g.input[0]], consumers[g.output[0]]
+            assert q.op_type == "QuantizeLinear"
+            assert [inits[x].tolist() for x in dq.input[1:]] == [inits[x].tolist() for x in q.input[1:]], g.name
 
 
 def test_compile_for_s25u_all_on_the_htp_and_greedy_on_the_simulator(run: Path):

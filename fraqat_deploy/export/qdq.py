@@ -48,9 +48,11 @@ RULE = ("trained layers keep their trained INT4 weights and uint8 input/output e
         "weights INT8 per output channel (narrow range); biases INT32; every other activation and constant uint16 "
         "over its calibrated min/max")
 RULE_WEIGHT_BITS = 8
-#: ops whose output keeps its input's encoding (pure data movement)
+#: ops whose output keeps its input's encoding (pure data movement; Gather: its data's, input 0). The HTP refuses a
+#: Gather whose output encoding differs from its table's: Gemma-2-2B's RoPE sin table [512, 256] (zero point 32768)
+#: gathered at positions 0..127, calibrated to zero point 32767, stopped the real-size compile
 SHARED_ENCODING_OPS = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "DepthToSpace", "SpaceToDepth",
-                       "Split", "Slice", "Expand"}
+                       "Split", "Slice", "Expand", "Gather"}
 #: initializer inputs that are parameters, not data: left as they are (a Resize's scales [1, 1, 2, 2] as 16-bit codes
 #: read [1.0000153, 1.0000153, 2, 2]: nearest/floor then maps channel c to c - 1; the HTP refuses non-constant scales)
 PARAMETER_INPUTS = {("Clip", 1), ("Clip", 2), ("Pad", 1), ("Pad", 2), ("Pad", 3),
@@ -274,6 +276,7 @@ class _Builder:
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[onnx.TensorProto] = []
         self.constants: set[str] = set()
+        self.constant_encodings: dict[str, ActivationEncoding] = {}
         self.writer = writer
 
     def add(self, tensor: onnx.TensorProto) -> None:
@@ -305,6 +308,7 @@ class _Builder:
             zn = self.const(f"{name}_c_zp", np.array(enc.zero_point, dtype=np.uint16))
             self.nodes.append(helper.make_node("DequantizeLinear", [qn, sn, zn], [out], name=f"{name}_c_DQ"))
             self.constants.add(out)
+            self.constant_encodings[out] = enc
         return out
 
     def weight(self, name: str, q: np.ndarray, scale: np.ndarray, axis: int | None, dtype: int) -> str:
@@ -473,6 +477,8 @@ def _build(b: _Builder, model: onnx.ModelProto, trained_layers: dict[str, nn.Mod
                 enc = trained_layers[ln.layer].out_encoding  # type: ignore[union-attr]
             elif node.op_type in SHARED_ENCODING_OPS and node.input[0] in prod:
                 enc = prod[node.input[0]]
+            elif node.op_type in SHARED_ENCODING_OPS and new_inputs[0] in b.constant_encodings:
+                enc = b.constant_encodings[new_inputs[0]]  # rows of a table (RoPE's, an embedding's)
             elif node.op_type in FIXED_OUTPUTS:
                 enc = FIXED_OUTPUTS[node.op_type]
             else:
