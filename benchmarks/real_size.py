@@ -398,10 +398,10 @@ def run_component(model: str, component: str, stages: list[str], work: Path, arg
     folder, run, logs = work / model / component / "model", work / model / component / "run", work / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     key, export_options = component, []
-    if args.guidance_batch is not None:  # a variant: its own record and run, from the component's PTQ run
-        key = variant_key(component, args.guidance_batch)
-        export_options = ["--guidance-batch", str(args.guidance_batch)]
-        base, run = run, work / model / component / f"run-gb{args.guidance_batch}"
+    chosen = variant(component, args)
+    if chosen is not None:  # a variant: its own record and run, from the component's PTQ run
+        key, export_options, folder_name = chosen
+        base, run = run, work / model / component / folder_name
         if "ptq" not in stages and not run.exists():
             shutil.copytree(base, run, ignore=shutil.ignore_patterns("export", "compile"))
     saved = load_results().get(model, {})
@@ -493,8 +493,15 @@ def graph_rows(component: str, r: dict[str, Any]) -> list[tuple[str, str, dict[s
     return rows
 
 
-def variant_key(component: str, guidance_batch: int) -> str:
-    return f"{component}, guidance batch {guidance_batch}"
+def variant(component: str, args: argparse.Namespace) -> tuple[str, list[str], str] | None:
+    """(record key, export options, run folder) of the export variant asked for, or None."""
+    if args.guidance_batch is not None:
+        n = args.guidance_batch
+        return f"{component}, guidance batch {n}", ["--guidance-batch", str(n)], f"run-gb{n}"
+    if args.embedding is not None:
+        where = args.embedding
+        return f"{component}, embedding on the {where}", ["--embedding", where], f"run-embedding-{where}"
+    return None
 
 
 def load_results() -> dict[str, Any]:
@@ -687,6 +694,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lm-head-slices", type=int, default=1,
                         help="compile one of K equal vocabulary slices of the head instead of the whole")
     parser.add_argument("--note", help="a note kept with the component's result")
+    parser.add_argument("--embedding", choices=("graph", "host"), default=None,
+                        help="gemma2b: export --embedding W, recorded as its own row from the component's PTQ run")
     parser.add_argument("--graph", action="append",
                         help="parity stage of a model of several graphs (gemma2b: prefill, decode): only these")
     args = parser.parse_args(argv)
@@ -695,7 +704,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.note:
         for component in args.component or list(MODELS[args.model]):
-            key = component if args.guidance_batch is None else variant_key(component, args.guidance_batch)
+            chosen = variant(component, args)
+            key = component if chosen is None else chosen[0]
             result = load_results().get(args.model, {}).get(key, {})
             save_result(args.model, key, result | {"note": args.note})
     if not args.table_only:
