@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 import pytest
 import torch
+from onnx import numpy_helper
 from typer.testing import CliRunner
 
 from fraqat_deploy.cli import app
