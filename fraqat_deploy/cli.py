@@ -246,8 +246,9 @@ def export_cmd(
              "step: same compute, a smaller context binary, a faster compile; see the README's real-size table).")
     ] = None,
     embedding: Annotated[Optional[str], typer.Option(
-        help="Gemma-2: where the embedding lookup runs, 'graph' (the graphs take input_ids, the default) or 'host' "
-             "(they take inputs_embeds; the table is written beside them as export/embedding.npy, float16).")
+        help="Gemma-2: where the embedding lookup runs, 'graph' (the graphs take input_ids) or 'host' (they take "
+             "inputs_embeds; the table is written beside them as export/embedding.npy, float16). Default: host when "
+             "the table is big (>= 10% of the weights and 16M entries: Gemma-2-2B's), graph otherwise.")
     ] = None,
 ) -> None:
     """Export a trained run to Q/DQ ONNX (opset 21) that reproduces its quantization; checks parity on the CPU."""

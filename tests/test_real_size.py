@@ -85,3 +85,18 @@ def test_a_model_of_two_graphs_gets_a_row_per_graph(real_size):
     assert "export peak 1.20× fp32 weights" in table and table.count("a note") == 1
     assert "compiled 0.550 B/weight (INT4 target ≤ 0.6): met" in table
     assert "compiled 0.650 B/weight (INT4 target ≤ 0.6): NOT met" in table
+
+
+def test_gemma_2_2b_looks_its_embedding_up_on_the_host_by_default(real_size):
+    """The measured form (README, real-size table): in the graphs the 256k-row table is 1.18 GB of each binary."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    from fraqat_deploy.models import get_adapter
+    from fraqat_deploy.models.gemma_graphs import default_embedding
+
+    with torch.device("meta"):
+        llm = Gemma2ForCausalLM(Gemma2Config(**real_size.load_config("gemma2_2b")))
+    assert default_embedding(llm) == "host"
+    for tiny in ("tiny-gemma", "gemma"):  # the small models keep the lookup in their graphs
+        loaded = get_adapter(tiny).load(tiny=True) if tiny == "gemma" else get_adapter(tiny).load()
+        assert default_embedding(loaded.student) == "graph", tiny

@@ -263,8 +263,8 @@ def export_run(run: Path, model: str | None = None, *, components: list[str] | N
                embedding: str | None = None) -> dict[str, Any]:
     """Export every component of a trained run (or the chosen ones). Fails loudly when parity does not hold,
     after writing ``parity.json``. ``guidance_batch``: rows per transformer call of a Sana model (its default: 2).
-    ``embedding``: where a Gemma model's embedding lookup runs, "graph" (the default) or "host" (the table is
-    written beside the graphs, recorded under the manifest's ``files``)."""
+    ``embedding``: where a Gemma model's embedding lookup runs, "graph" or "host" (the table is written beside
+    the graphs, recorded under the manifest's ``files``); None: the adapter's default for the model's size."""
     trained = load_trained(run, model)
     adapter = trained.adapter
     options: dict[str, Any] = {}

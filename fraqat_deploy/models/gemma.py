@@ -27,7 +27,7 @@ from fraqat_deploy.models.base import (
     split_rows,
     write_settings,
 )
-from fraqat_deploy.models.gemma_graphs import default_context, gemma_components, graph_spec
+from fraqat_deploy.models.gemma_graphs import default_context, default_embedding, gemma_components, graph_spec
 from fraqat_deploy.models.half import checkpoint_dtype, keep_half
 from fraqat_deploy.models.tokenizers import BOS_ID, EOS_ID, PAD_ID, build_byte_tokenizer
 
@@ -168,11 +168,12 @@ class GemmaAdapter(ModelAdapter):
     # -- deployment ----------------------------------------------------------------------------------------
 
     def components(self, model: LoadedModel, student: nn.Module | None = None, *, n_calibration: int = 8,
-                   seed: int = 0, embedding: str = "graph") -> list[Component]:
+                   seed: int = 0, embedding: str | None = None) -> list[Component]:
         """``prefill`` and ``decode`` graphs with an explicit KV cache (see ``gemma_graphs``), at the model's
         distillation length as context; calibrated on the full-precision model reading held-out text.
         ``embedding``: "graph" (the graphs take input_ids) or "host" (they take inputs_embeds; the table is written
-        beside them)."""
+        beside them); None: host for a big table (Gemma-2-2B's), graph otherwise (``default_embedding``)."""
+        embedding = embedding or default_embedding(model.student)
         spec = graph_spec(model.student, context=default_context(model), embedding=embedding)
         prompts = self.calibration_rows(model, n_calibration, spec.context, seed)
         return gemma_components(model, student if student is not None else model.student, prompts,
