@@ -460,12 +460,15 @@ def run_component(model: str, component: str, stages: list[str], work: Path, arg
         if graphs and args.graph:  # some graphs of the component only (the others: hours on the simulator)
             graphs = [g for g in graphs if g in args.graph]
             which = [a for g in graphs for a in ("--component", g)]
-        result["parity"] = run_measured(cli + ["compile", spec["adapter"], "--run", str(run), *which,
-                                               "--device", args.target, "--parity-rows", "1"],
-                                        logs / f"{model}-{component}-parity.log", timeout=args.parity_timeout,
-                                        env=env)
-        result["parity"] |= per_graph(graphs, component, lambda g: {
-            "htp_parity": compile_facts(run, g, args.target).get("htp_parity")})
+        measured = run_measured(cli + ["compile", spec["adapter"], "--run", str(run), *which,
+                                       "--device", args.target, "--parity-rows", "1"],
+                                logs / f"{model}-{component}-parity.log", timeout=args.parity_timeout, env=env)
+        if graphs:  # one record per graph, kept across runs of some graphs (--graph)
+            kept = (result.get("parity") or {}).get("graphs", {})
+            result["parity"] = {"graphs": kept | {g: measured | {
+                "htp_parity": compile_facts(run, g, args.target).get("htp_parity")} for g in graphs}}
+        else:
+            result["parity"] = measured | {"htp_parity": compile_facts(run, component, args.target).get("htp_parity")}
         save_result(model, key, result)
     return result
 

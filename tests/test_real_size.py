@@ -75,13 +75,15 @@ def test_a_model_of_two_graphs_gets_a_row_per_graph(real_size):
             "decode": graph | {"files": {"decode.onnx": gib // 2}}}},
         "compile": stage | {"peak_rss_bytes": 9 * gib, "graphs": {
             "prefill": {"compile_seconds": 90.0, "bytes_per_weight": 0.55, "context_binary_bytes": gib},
-            "decode": {"compile_seconds": 80.0, "bytes_per_weight": 0.65, "context_binary_bytes": gib}}}}}}
+            "decode": {"compile_seconds": 80.0, "bytes_per_weight": 0.65, "context_binary_bytes": gib}}},
+        "parity": {"graphs": {"decode": stage | {"seconds": 176.0, "htp_parity": {"passed": True, "rel": 0.08}}}}}}}
     table = real_size.render_table(data)
     prefill = next(line for line in table.splitlines() if line.startswith("| gemma2b / llm: prefill |"))
     decode = next(line for line in table.splitlines() if line.startswith("| gemma2b / llm: decode |"))
     assert "| 1.00 GiB |" in prefill and "| 0.50 GiB |" in decode  # each graph's own Q/DQ file
     assert "logits 0.50/2.00 steps ok; worst of the other 4: key_3 0.10/4.00 steps ok (all ok)" in prefill
     assert "| 0.550 |" in prefill and "| 0.650 |" in decode
+    assert prefill.endswith("| not run |") and decode.endswith("| ok (8.00% rel, 1 input): 176 s |")
     assert "export peak 1.20× fp32 weights" in table and table.count("a note") == 1
     assert "compiled 0.550 B/weight (INT4 target ≤ 0.6): met" in table
     assert "compiled 0.650 B/weight (INT4 target ≤ 0.6): NOT met" in table
