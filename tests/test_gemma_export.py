@@ -263,19 +263,24 @@ def test_compile_for_s25u_all_on_the_htp_and_greedy_on_the_simulator(run: Path):
             assert margin <= 2 * float(np.abs(row - hrow).max()), (prompt, on_cpu[0], on_htp[0], margin)
 
 
+def _bench_sim(run: Path, *, runs: int, warmup: int) -> Path:
+    """Compile the run for s25u if not yet, bench it on the simulator (5 new tokens of "def main("): its folder."""
+    if not (run / "compile" / "s25u" / "compile.json").is_file():
+        assert runner.invoke(app, ["compile", "tiny-gemma", "--run", str(run), "--device", "s25u"]).exit_code == 0
+    result = runner.invoke(app, ["bench", "tiny-gemma", "--run", str(run), "--device", "sim", "--runs", str(runs),
+                                 "--warmup", str(warmup), "--max-new-tokens", "5", "--prompt", "def main("])
+    assert result.exit_code == 0, result.output
+    stage = json.loads((run / "run.json").read_text())["stages"]["bench/sim"]
+    return run / "bench" / "sim" / stage["id"]
+
+
 def test_bench_on_the_simulator(run: Path):
     """bench --device sim on the compiled tiny-Gemma: the host keeps the cache, the simulated HTP runs both graphs;
     the text comes back decoded, with tokens per second (simulator figures)."""
     pytest.importorskip("onnxruntime_qnn")
     from fraqat_deploy.device.protocol import validate
 
-    if not (run / "compile" / "s25u" / "compile.json").is_file():
-        assert runner.invoke(app, ["compile", "tiny-gemma", "--run", str(run), "--device", "s25u"]).exit_code == 0
-    result = runner.invoke(app, ["bench", "tiny-gemma", "--run", str(run), "--device", "sim", "--runs", "2",
-                                 "--warmup", "1", "--max-new-tokens", "5", "--prompt", "def main("])
-    assert result.exit_code == 0, result.output
-    stage = json.loads((run / "run.json").read_text())["stages"]["bench/sim"]
-    data = json.loads((run / "bench" / "sim" / stage["id"] / "result.json").read_text())
+    data = json.loads((_bench_sim(run, runs=2, warmup=1) / "result.json").read_text())
     validate("result", data)
     (output,) = data["outputs"]
     assert output["text"].startswith("def main(") and 1 <= len(output["tokens"]) <= 5
@@ -459,13 +464,7 @@ def test_bench_on_the_simulator_with_the_host_table(host_run: Path):
     from fraqat_deploy.models.gemma_graphs import TableFile
     from fraqat_deploy.targets import get_target
 
-    if not (host_run / "compile" / "s25u" / "compile.json").is_file():
-        assert runner.invoke(app, ["compile", "tiny-gemma", "--run", str(host_run), "--device", "s25u"]).exit_code == 0
-    result = runner.invoke(app, ["bench", "tiny-gemma", "--run", str(host_run), "--device", "sim", "--runs", "1",
-                                 "--warmup", "0", "--max-new-tokens", "5", "--prompt", "def main("])
-    assert result.exit_code == 0, result.output
-    stage = json.loads((host_run / "run.json").read_text())["stages"]["bench/sim"]
-    out = host_run / "bench" / "sim" / stage["id"]
+    out = _bench_sim(host_run, runs=1, warmup=0)
     data = json.loads((out / "result.json").read_text())
     validate("result", data)
     request = json.loads((out / "request.json").read_text())
