@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from fraqat_deploy.device.link import DeviceLink
-from fraqat_deploy.device.pipeline import with_graph_rows
+from fraqat_deploy.device.pipeline import takes_embeds, with_graph_rows
 from fraqat_deploy.device.protocol import (
     MODELS_DIR,
     SCHEMA_VERSION,
@@ -151,7 +151,7 @@ def build_request(run: Path, link: DeviceLink, out: Path, bench_id: str, *, prom
 
 def _embedding_file(run: Path, export: dict[str, Any], pipeline: dict[str, Any]) -> tuple[Path, str] | None:
     """The export's embedding table and its sha256 when the Gemma graphs take ``inputs_embeds``, else None."""
-    if pipeline.get("kind") != "gemma" or pipeline.get("spec", {}).get("embedding", "graph") != "host":
+    if not takes_embeds(pipeline):
         return None
     record = export.get("files", {}).get("embedding")
     local = run / "export" / record["file"] if record else None

@@ -157,7 +157,7 @@ class Engine:
         from fraqat_deploy.models.gemma_graphs import TableFile
 
         pipeline, model = self.request["pipeline"], self.request["model"]
-        if pipeline.get("kind") != "gemma" or pipeline.get("spec", {}).get("embedding", "graph") != "host":
+        if not pipe.takes_embeds(pipeline):
             return None
         if "embedding" not in model:
             raise BenchError("invalid_request", "the Gemma graphs take inputs_embeds but the request names no "

@@ -78,12 +78,17 @@ def with_graph_rows(pipeline: Mapping[str, Any], export: Mapping[str, Any]) -> d
     return out
 
 
+def takes_embeds(pipeline: Mapping[str, Any]) -> bool:
+    """Whether the pipeline's Gemma graphs take ``inputs_embeds`` (the host looks the table's rows up)."""
+    return pipeline.get("kind") == "gemma" and pipeline.get("spec", {}).get("embedding", "graph") == "host"
+
+
 def host_embedding(pipeline: Mapping[str, Any], export: Mapping[str, Any], export_dir: Path):
     """The export's embedding table (memory-mapped) when the pipeline's Gemma graphs take ``inputs_embeds``, else
     None."""
     from fraqat_deploy.models.gemma_graphs import TableFile
 
-    if pipeline.get("kind") != "gemma" or pipeline.get("spec", {}).get("embedding", "graph") != "host":
+    if not takes_embeds(pipeline):
         return None
     record = export.get("files", {}).get("embedding")
     if record is None:

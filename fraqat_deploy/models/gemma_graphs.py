@@ -22,12 +22,13 @@ key/value head instead of repeating keys and values (which the HTP reorders wron
 ``C``-long cache). The graphs call the model's own modules (projections,
 MLPs, norms, embedding, LM head), so a trained student's quantized layers are the ones exported.
 
-The embedding lookup runs in the graphs (``embedding="graph"``, the default: both graphs Gather from the
-``[vocab, hidden]`` table, which the export stores as a uint16 constant in each graph) or on the host
-(``embedding="host"``): the graphs then take ``inputs_embeds``, the embedding module's output (Gemma-2's
-``sqrt(hidden)`` scaling included) rounded to float16, and the host reads those rows from a float16 table file written
-beside the graphs (``write_embedding_table``; one row per decoded token). The calibration inputs and hence the export's
-torch reference take the same float16-rounded rows the host feeds, so export parity compares like with like.
+The embedding lookup runs in the graphs (``embedding="graph"``: both graphs Gather from the ``[vocab, hidden]``
+table, which the export stores as a uint16 constant in each graph) or on the host (``embedding="host"``, the
+default for a big table: ``default_embedding``): the graphs then take ``inputs_embeds``, the embedding module's
+output (Gemma-2's ``sqrt(hidden)`` scaling included) rounded to float16, and the host reads those rows from a float16
+table file written beside the graphs (``write_embedding_table``; one row per decoded token). The calibration
+inputs and hence the export's torch reference take the same float16-rounded rows the host feeds, so export parity
+compares like with like.
 """
 
 from __future__ import annotations

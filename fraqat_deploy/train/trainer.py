@@ -230,9 +230,11 @@ class Trainer:
             raise ConfigError(str(e)) from None
         # float32 master weights for what trains (before the optimizer, and on resume before the checkpoint's
         # float32 weights are copied in); a PTQ run updates nothing and keeps the weights as loaded
-        masters = float32_masters(student) if self.schedule.trains else "none (PTQ: no weight is updated)"
-        if self.schedule.trains:  # (after the student's flags: the shared tensors that train are masters by now)
-            teacher.requires_grad_(False)  # a PTQ teacher holds only the student's tensors and runs under no_grad
+        if self.schedule.trains:
+            masters = float32_masters(student)
+            teacher.requires_grad_(False)  # (after the student's flags: the shared tensors that train are masters now)
+        else:  # a PTQ teacher holds only the student's tensors (their flags stay the student's) and runs under no_grad
+            masters = "none (PTQ: no weight is updated)"
         n_train = DistillData.rows(data.train)
         if self.dist.is_main:
             self.run.update(model={"adapter": self.adapter.name, "spec": model.spec})
